@@ -1,0 +1,44 @@
+# syncd developer commands. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DIR ?= taskdefs
+
+.DEFAULT_GOAL := test
+.PHONY: install run test lint typecheck bench schema check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/syncd validate $(DIR)
+	$(BIN)/syncd migrate
+	$(BIN)/syncd sync $(DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check syncd schemas worker tests bench
+	$(BIN)/ruff format --check syncd schemas worker tests bench
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/validate_bench.py
+
+schema: $(STAMP)
+	$(BIN)/syncd schema > schemas/taskdef.schema.json
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
