@@ -1,0 +1,171 @@
+"""Pydantic models of the taskdef format (DESIGN §4): what a file in `taskdefs/` may say.
+
+Strict on purpose: unknown keys are errors, numbers are not coerced from strings, and a
+cron expression is stored in the normalised form the TaskIQ scheduler fires faithfully.
+Checking `task_type` and `parameters` against the worker's registry is the loader's job
+(it needs the registry as data); this module knows nothing about tasks or I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    field_validator,
+)
+
+from schemas.cron import CronError, normalize_cron
+
+# A name becomes part of Redis keys, log lines and URLs: no ':' (the Redis key separator),
+# no '/', no spaces, nothing that needs quoting.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX_LENGTH = 200
+TASK_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+MAX_RETRIES_LIMIT = 100
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600
+
+
+class StrictModel(BaseModel):
+    """Base of every taskdef model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class CronSchedule(StrictModel):
+    """Fire at the times a standard 5-field cron expression names, in `timezone`."""
+
+    cron: Annotated[str, Field(description="5-field cron expression, names and @nicknames allowed")]
+    timezone: Annotated[str, Field(description="IANA time zone name")] = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _normalise_cron(cls, value: str) -> str:
+        try:
+            return normalize_cron(value)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        if not is_known_timezone(value):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)"
+            )
+        return value
+
+
+class IntervalSchedule(StrictModel):
+    """Fire every `interval` whole seconds."""
+
+    interval: Annotated[int, Field(ge=1, le=MAX_INTERVAL_SECONDS, description="seconds")]
+
+
+class AtSchedule(StrictModel):
+    """Fire once, at a timezone-aware instant."""
+
+    at: Annotated[
+        AwareDatetime,
+        Field(description="ISO 8601 date-time with offset, e.g. 2026-12-01T09:00:00Z"),
+    ]
+
+
+def _schedule_kind(value: Any) -> str | None:
+    """Pick the schedule model by the key present, so errors speak of that kind only."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        return None
+    for kind in ("cron", "interval", "at"):
+        if kind in value:
+            return kind
+    return None
+
+
+Schedule = Annotated[
+    Annotated[CronSchedule, Tag("cron")]
+    | Annotated[IntervalSchedule, Tag("interval")]
+    | Annotated[AtSchedule, Tag("at")],
+    Discriminator(
+        _schedule_kind,
+        custom_error_type="schedule_kind",
+        custom_error_message="schedule needs exactly one of 'cron', 'interval' or 'at'",
+    ),
+]
+
+
+class TaskDef(StrictModel):
+    """One task as declared in YAML; `name` is its stable identity across the repository."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=NAME_MAX_LENGTH,
+            pattern=NAME_PATTERN,
+            description="unique across all taskdefs; letters, digits, '.', '_', '-'",
+        ),
+    ]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    task_type: Annotated[
+        str,
+        Field(max_length=200, pattern=TASK_TYPE_PATTERN, description="a task the worker registers"),
+    ]
+    schedule: Schedule | None = Field(default=None, description="omitted: a manual task")
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT)] = 0
+    timeout_seconds: Annotated[int, Field(gt=0, le=MAX_TIMEOUT_SECONDS)] | None = None
+    priority: Annotated[int, Field(ge=1, le=10)] = 5
+    enabled: bool = True
+
+    @property
+    def scheduler_type(self) -> Literal["cron", "interval", "date", "manual"]:
+        """The `task_configs.scheduler_type` of this task (DESIGN §4)."""
+        if isinstance(self.schedule, CronSchedule):
+            return "cron"
+        if isinstance(self.schedule, IntervalSchedule):
+            return "interval"
+        if isinstance(self.schedule, AtSchedule):
+            return "date"
+        return "manual"
+
+    def at_time(self) -> datetime | None:
+        return self.schedule.at if isinstance(self.schedule, AtSchedule) else None
+
+
+class TaskdefFile(StrictModel):
+    """A whole taskdef file: a format version and a list of tasks."""
+
+    version: Literal[1]
+    tasks: list[TaskDef] = Field(default_factory=list)
+
+
+@lru_cache(maxsize=1024)
+def is_known_timezone(name: str) -> bool:
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", name):
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a taskdef file, as committed in `schemas/taskdef.schema.json`."""
+    schema = TaskdefFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "syncd taskdef file"
+    return schema

@@ -1,0 +1,29 @@
+"""The committed JSON Schema matches the models, and it accepts/rejects like the models do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from schemas.taskdef import json_schema
+
+COMMITTED = Path(__file__).resolve().parents[2] / "schemas" / "taskdef.schema.json"
+
+
+def test_committed_schema_is_current() -> None:
+    committed = json.loads(COMMITTED.read_text())
+    assert committed == json_schema(), "schemas/taskdef.schema.json is stale: run `make schema`"
+
+
+def test_schema_forbids_unknown_keys() -> None:
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["TaskDef"]["additionalProperties"] is False
+    assert schema["$defs"]["CronSchedule"]["additionalProperties"] is False
+
+
+def test_schema_bounds_priority_and_name() -> None:
+    task = json_schema()["$defs"]["TaskDef"]["properties"]
+    assert (task["priority"]["minimum"], task["priority"]["maximum"]) == (1, 10)
+    assert task["name"]["maxLength"] == 200
+    assert ":" not in task["name"]["pattern"]

@@ -1,0 +1,1 @@
+"""The worker side of syncd: task registry, tasks, broker, schedule source and recorder."""

@@ -1,0 +1,46 @@
+"""Diagnostic tasks: predictable behaviour for smoke tests, benchmarks and end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from pydantic import Field
+
+from worker.registry import task
+from worker.tasks.params import Params
+
+
+class NoopParams(Params):
+    pass
+
+
+@task("diagnostics.noop", params=NoopParams, queue="default")
+async def noop(params: NoopParams) -> dict[str, bool]:
+    """Do nothing: measures the cost of the machinery itself."""
+    return {"ok": True}
+
+
+class SleepParams(Params):
+    seconds: Annotated[float, Field(ge=0, le=3600)]
+
+
+@task("diagnostics.sleep", params=SleepParams, queue="default")
+async def sleep(params: SleepParams) -> dict[str, float]:
+    """Sleep, then succeed (timeouts are tested with it)."""
+    await asyncio.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+class FailParams(Params):
+    message: str = "failed on purpose"
+
+
+class DiagnosticFailure(RuntimeError):
+    pass
+
+
+@task("diagnostics.fail", params=FailParams, queue="default")
+async def fail(params: FailParams) -> None:
+    """Always raise."""
+    raise DiagnosticFailure(params.message)
