@@ -1,0 +1,121 @@
+"""SQLAlchemy models of the two PostgreSQL tables: `task_configs` and `task_executions`.
+
+The single source of the database layout: alembic's env.py and the drift test read
+`metadata`, `syncd.db_store` builds its Core statements from `task_configs`, the worker's
+recorder writes `task_executions`. Declarations only: no engine, no session, no I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so the hand-written migration can name them and a later
+# migration can drop or alter them without looking them up in the catalog.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SCHEDULER_TYPES = ("cron", "interval", "date", "manual")
+MANAGED_BY_SYNCD = "syncd"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TaskConfigModel(Base):
+    """Static configuration of one task (DESIGN §1): no run state, no status column."""
+
+    __tablename__ = "task_configs"
+    __table_args__ = (
+        CheckConstraint(
+            "scheduler_type IN ('cron', 'interval', 'date', 'manual')", name="scheduler_type"
+        ),
+        CheckConstraint("priority BETWEEN 1 AND 10", name="priority"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    task_type: Mapped[str] = mapped_column(String(200))
+    scheduler_type: Mapped[str] = mapped_column(String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    schedule_config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    # GitOps bookkeeping: syncd never updates or deletes a row whose managed_by is not
+    # 'syncd', so rows created by hand or by another tool are safe from pruning.
+    managed_by: Mapped[str] = mapped_column(
+        String(32), default=MANAGED_BY_SYNCD, server_default=text("'syncd'")
+    )
+    source_file: Mapped[str | None] = mapped_column(Text)
+    source_line: Mapped[int | None] = mapped_column(Integer)
+    # sha256 of the config as last applied: a no-op sync compares hashes only, and a row
+    # edited by hand no longer matches its own hash (drift).
+    content_hash: Mapped[str] = mapped_column(String(64))
+    git_revision: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TaskExecutionModel(Base):
+    """One finished execution attempt, written once when it ends (no RUNNING state)."""
+
+    __tablename__ = "task_executions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # SET NULL: deleting a task's config must not erase its history.
+    config_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("task_configs.id", ondelete="SET NULL"), index=True
+    )
+    task_id: Mapped[str] = mapped_column(String(64), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    is_success: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_seconds: Mapped[Decimal | None] = mapped_column(Numeric(12, 3))
+    # Whatever the task returned (any JSON value); none_as_null: None is SQL NULL, not 'null'.
+    result: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# "Last runs of task X" reads newest first; declared here because DESC needs the column.
+Index(
+    "ix_task_executions_config_id_completed_at",
+    TaskExecutionModel.config_id,
+    TaskExecutionModel.completed_at.desc(),
+)
+
+metadata = Base.metadata
+task_configs: Table = metadata.tables["task_configs"]
+task_executions: Table = metadata.tables["task_executions"]

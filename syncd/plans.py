@@ -1,0 +1,329 @@
+"""The planner: `plan(desired, actual, now) -> Plan`, a pure function (no I/O, no clock).
+
+It decides, per task, what git changed (create / update / delete, field by field), where
+the stores drifted from the last applied state (a missing or altered schedule, a
+hand-edited row, a missing status key, a stray schedule), and what the operator owns
+(a pause is kept). Rendering and applying both consume the resulting Plan; a dry run
+prints the very value a real run applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from syncd.keys import KeyLayout, schedule_id
+from syncd.schedules import build_schedule, index_key
+from syncd.state import CONFIG_FIELDS, Actual, Desired, DesiredTask, Row, ScheduleRecord, TaskConfig
+
+Action = Literal["create", "update", "delete", "noop"]
+TaskState = Literal["active", "paused", "inactive", "expired", "frozen", "kept", "deleted"]
+ScheduleOp = Literal["put", "remove"]
+StatusOp = Literal["active", "paused", "inactive", "delete"]
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Everything that happens to one task; `action` is what git changed."""
+
+    name: str
+    action: Action
+    state: TaskState
+    config_id: int | None = None
+    before: TaskConfig | None = None
+    after: TaskConfig | None = None
+    changes: tuple[FieldChange, ...] = ()
+    drift: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    source: str | None = None
+    path: str | None = None
+    line: int | None = None
+    write_row: bool = False
+    schedule_op: ScheduleOp | None = None
+    status_op: StatusOp | None = None
+    current_lists: tuple[str, ...] = ()
+
+    @property
+    def has_changes(self) -> bool:
+        return (
+            self.action != "noop"
+            or self.write_row
+            or self.schedule_op is not None
+            or self.status_op is not None
+        )
+
+    @property
+    def is_drift_only(self) -> bool:
+        return self.action == "noop" and self.has_changes
+
+
+@dataclass(frozen=True)
+class StraySchedule:
+    """A schedule under our prefix that no managed task owns."""
+
+    schedule_id: str
+    lists: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: tuple[TaskPlan, ...]
+    strays: tuple[StraySchedule, ...] = ()
+    broken_sources: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()  # the plan cannot be applied (e.g. a name owned by someone else)
+    managed_count: int = 0  # managed rows before the sync
+
+    @property
+    def changed(self) -> tuple[TaskPlan, ...]:
+        return tuple(t for t in self.tasks if t.has_changes)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.changed and not self.strays
+
+    @property
+    def pruning_suspended(self) -> bool:
+        return bool(self.broken_sources)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for t in self.tasks if t.action == action)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "create": self.count("create"),
+            "update": self.count("update"),
+            "delete": self.count("delete"),
+            "unchanged": sum(1 for t in self.tasks if t.action == "noop"),
+            "drift": sum(1 for t in self.tasks if t.is_drift_only) + len(self.strays),
+            "frozen": sum(1 for t in self.tasks if t.state == "frozen"),
+            "paused": sum(1 for t in self.tasks if t.state == "paused"),
+            "expired": sum(1 for t in self.tasks if t.state == "expired"),
+            "stray_schedules": len(self.strays),
+        }
+
+
+def plan(desired: Desired, actual: Actual, now: datetime, layout: KeyLayout | None = None) -> Plan:
+    """Compare what git wants with what the stores hold; decide every write. Pure."""
+    layout = layout or KeyLayout()
+    unmanaged = actual.unmanaged_names
+    errors = tuple(
+        f"task name {name!r} belongs to a task_configs row syncd does not manage"
+        for name in sorted(desired.tasks)
+        if name in unmanaged
+    )
+    tasks = [
+        _plan_desired(task, actual.rows.get(name), actual, desired, now=now, layout=layout)
+        for name, task in desired.tasks.items()
+        if name not in unmanaged
+    ]
+    tasks += [
+        _plan_absent(row, actual, desired)
+        for name, row in actual.rows.items()
+        if name not in desired.tasks
+    ]
+    return Plan(
+        tasks=tuple(sorted(tasks, key=lambda t: t.name)),
+        strays=_strays(actual, desired) if desired.can_prune else (),
+        broken_sources=tuple(sorted(desired.broken_sources)),
+        errors=errors,
+        managed_count=len(actual.rows),
+    )
+
+
+def _plan_desired(
+    task: DesiredTask,
+    row: Row | None,
+    actual: Actual,
+    desired: Desired,
+    *,
+    now: datetime,
+    layout: KeyLayout,
+) -> TaskPlan:
+    if row is None:
+        return _plan_create(task, now)
+    queue = desired.queues.get(task.config.task_type, DEFAULT_QUEUE)
+    git_changed = task.config.content_hash() != row.stored_hash
+    drift: list[str] = []
+    notes: list[str] = []
+    # Compare values, not hashes: JSONB may hand back 1e20 as an int, equal but hashed apart.
+    row_edited = not git_changed and row.config != task.config
+    if row_edited:
+        edited = [c.field for c in diff_configs(row.config, task.config)]
+        drift.append(f"row edited in PostgreSQL ({', '.join(edited) or 'hash'})")
+    moved = row.source_file is not None and row.source_file != task.source
+    if moved:
+        notes.append(f"moved from {row.source_file}")
+    record = actual.schedules.get(schedule_id(row.id))
+    expected = _expected_schedule(row.id, task.config, queue, now)
+    schedule_op, schedule_drift = _schedule_op(expected, record, task.config, now, layout)
+    status_op, state, status_drift, status_notes = _status(
+        task.config, actual.statuses.get(row.id), record, now
+    )
+    if not git_changed:
+        drift += schedule_drift + status_drift
+    return TaskPlan(
+        name=task.name,
+        action="update" if git_changed else "noop",
+        state=state,
+        config_id=row.id,
+        before=row.config,
+        after=task.config,
+        changes=diff_configs(row.config, task.config) if git_changed else (),
+        drift=tuple(drift),
+        notes=tuple(notes + status_notes),
+        source=task.source,
+        path=task.path,
+        line=task.line,
+        write_row=git_changed or row_edited or moved,
+        schedule_op=schedule_op,
+        status_op=status_op,
+        current_lists=record.lists if record else (),
+    )
+
+
+def _plan_create(task: DesiredTask, now: datetime) -> TaskPlan:
+    config = task.config
+    expired = _is_expired(config, now)
+    scheduled = config.is_scheduled and not expired
+    notes = ("'at' has passed: created without a schedule",) if expired else ()
+    state: TaskState = "active" if scheduled else ("expired" if expired else "inactive")
+    return TaskPlan(
+        name=task.name,
+        action="create",
+        state=state,
+        after=config,
+        changes=tuple(FieldChange(f, None, v) for f, v in config.field_values().items()),
+        notes=notes,
+        source=task.source,
+        path=task.path,
+        line=task.line,
+        write_row=True,
+        schedule_op="put" if scheduled else None,
+        status_op="active" if scheduled else "inactive",
+    )
+
+
+def _plan_absent(row: Row, actual: Actual, desired: Desired) -> TaskPlan:
+    """A managed row git no longer declares: frozen, kept, or deleted."""
+    kept = TaskPlan(
+        name=row.config.name,
+        action="noop",
+        state="kept",
+        config_id=row.id,
+        before=row.config,
+        source=row.source_file,
+        line=row.source_line,
+    )
+    if row.source_file in desired.broken_sources:
+        return replace(
+            kept,
+            state="frozen",
+            notes=(f"frozen: {row.source_file} has errors; kept as last applied",),
+        )
+    if not desired.can_prune:
+        return replace(
+            kept, notes=("not deleted: pruning is suspended while a taskdef file has errors",)
+        )
+    record = actual.schedules.get(schedule_id(row.id))
+    return replace(
+        kept,
+        action="delete",
+        state="deleted",
+        changes=tuple(FieldChange(f, v, None) for f, v in row.config.field_values().items()),
+        write_row=True,
+        schedule_op="remove" if record else None,
+        status_op="delete" if row.id in actual.statuses else None,
+        current_lists=record.lists if record else (),
+    )
+
+
+def _expected_schedule(
+    config_id: int, config: TaskConfig, queue: str, now: datetime
+) -> dict[str, Any] | None:
+    if not config.is_scheduled or _is_expired(config, now):
+        return None
+    return build_schedule(config_id, config, queue)
+
+
+def _schedule_op(
+    expected: dict[str, Any] | None,
+    record: ScheduleRecord | None,
+    config: TaskConfig,
+    now: datetime,
+    layout: KeyLayout,
+) -> tuple[ScheduleOp | None, list[str]]:
+    """What Redis needs for this task's schedule, and the drift that explains it."""
+    if expected is None:
+        if record is None or _is_expired(config, now):
+            # An expired one-shot still in Redis is about to be sent and deleted by the
+            # scheduler: never drift, never touched (DESIGN §4).
+            return None, []
+        return "remove", ["schedule registered in Redis though the task is not scheduled"]
+    if record is None or record.payload is None:
+        return "put", ["schedule missing from Redis"]
+    if record.payload != expected:
+        return "put", ["schedule altered in Redis"]
+    wanted = index_key(layout, expected)
+    if record.lists != (wanted,):
+        return "put", [_list_drift(record.lists, wanted)]
+    return None, []
+
+
+def _list_drift(lists: tuple[str, ...], wanted: str | None) -> str:
+    if not lists:
+        return "schedule not listed in any schedule index"
+    if lists.count(wanted) > 1 if wanted else False:
+        return "schedule listed more than once"
+    return "schedule listed in the wrong index"
+
+
+def _status(
+    config: TaskConfig,
+    current: str | None,
+    record: ScheduleRecord | None,
+    now: datetime,
+) -> tuple[StatusOp | None, TaskState, list[str], list[str]]:
+    """(status to write, resulting state, drift, notes). A pause is the operator's."""
+    expired = _is_expired(config, now)
+    if current == "paused":
+        return None, "paused", [], ["paused by operator: sync keeps it paused"]
+    if expired:
+        notes = ["'at' has passed: the one-shot schedule has fired (or will not)"]
+        if current is None and record is None:
+            return "inactive", "expired", ["status key missing"], notes
+        return None, "expired", [], notes
+    wanted: Literal["active", "inactive"] = "active" if config.is_scheduled else "inactive"
+    state: TaskState = wanted
+    if current == wanted:
+        return None, state, [], []
+    drift = "status key missing" if current is None else f"status {current!r}, expected {wanted!r}"
+    return wanted, state, [drift], []
+
+
+def _is_expired(config: TaskConfig, now: datetime) -> bool:
+    at = config.at_time()
+    return at is not None and at <= now
+
+
+def _strays(actual: Actual, desired: Desired) -> tuple[StraySchedule, ...]:
+    owned = {schedule_id(row.id) for row in actual.rows.values()}
+    return tuple(
+        StraySchedule(sid, record.lists)
+        for sid, record in sorted(actual.schedules.items())
+        if sid not in owned
+    )
+
+
+def diff_configs(before: TaskConfig, after: TaskConfig) -> tuple[FieldChange, ...]:
+    """Field-level differences, in a stable order."""
+    old, new = before.field_values(), after.field_values()
+    return tuple(FieldChange(f, old[f], new[f]) for f in CONFIG_FIELDS if old[f] != new[f])

@@ -1,0 +1,160 @@
+"""The values the planner compares: desired tasks (from git) and the actual stores.
+
+Plain frozen dataclasses, no I/O: the loader and the store adapters build them, `plans`
+compares them. `TaskConfig` is exactly what git owns about a task (DESIGN §6) and what
+a `task_configs` row holds; its `content_hash` lets a no-op sync compare hashes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from schemas.taskdef import AtSchedule, CronSchedule, IntervalSchedule, TaskDef
+
+SchedulerType = Literal["cron", "interval", "date", "manual"]
+Status = Literal["active", "paused", "inactive"]
+
+CONFIG_FIELDS = (
+    "description",
+    "task_type",
+    "scheduler_type",
+    "schedule_config",
+    "parameters",
+    "max_retries",
+    "timeout_seconds",
+    "priority",
+    "enabled",
+)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A task's configuration as stored in `task_configs` (JSON-safe values only)."""
+
+    name: str
+    task_type: str
+    scheduler_type: SchedulerType
+    schedule_config: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    max_retries: int = 0
+    timeout_seconds: int | None = None
+    priority: int = 5
+    enabled: bool = True
+
+    def content_hash(self) -> str:
+        """Stable digest of every field git owns; equal hashes mean nothing to apply."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def field_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CONFIG_FIELDS}
+
+    def at_time(self) -> datetime | None:
+        if self.scheduler_type != "date":
+            return None
+        return datetime.fromisoformat(self.schedule_config["at"])
+
+    @property
+    def is_scheduled(self) -> bool:
+        """Has a schedule that should be registered (ignoring expiry and pauses)."""
+        return self.enabled and self.scheduler_type != "manual"
+
+
+def config_from_taskdef(task: TaskDef) -> TaskConfig:
+    """The row a taskdef becomes; cron is already normalised by the model."""
+    return TaskConfig(
+        name=task.name,
+        description=task.description,
+        task_type=task.task_type,
+        scheduler_type=task.scheduler_type,
+        schedule_config=schedule_config_of(task),
+        parameters=dict(task.parameters),
+        max_retries=task.max_retries,
+        timeout_seconds=task.timeout_seconds,
+        priority=task.priority,
+        enabled=task.enabled,
+    )
+
+
+def schedule_config_of(task: TaskDef) -> dict[str, Any]:
+    schedule = task.schedule
+    if isinstance(schedule, CronSchedule):
+        return {"cron": schedule.cron, "timezone": schedule.timezone}
+    if isinstance(schedule, IntervalSchedule):
+        return {"interval": schedule.interval}
+    if isinstance(schedule, AtSchedule):
+        return {"at": schedule.at.astimezone(UTC).isoformat()}
+    return {}
+
+
+@dataclass(frozen=True)
+class DesiredTask:
+    config: TaskConfig
+    source: str  # file relative to the taskdefs root
+    line: int
+    path: str  # the file as the user named it
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What git says, plus which files are broken (their tasks are frozen)."""
+
+    tasks: Mapping[str, DesiredTask]
+    broken_sources: frozenset[str] = frozenset()
+    queues: Mapping[str, str] = field(default_factory=dict)  # task_type -> queue
+    revision: str | None = None
+
+    @property
+    def can_prune(self) -> bool:
+        """DESIGN §7: while any file is invalid, nothing at all is deleted."""
+        return not self.broken_sources
+
+
+@dataclass(frozen=True)
+class Row:
+    """A managed `task_configs` row as read back."""
+
+    id: int
+    config: TaskConfig
+    stored_hash: str  # the hash written when syncd last applied this row
+    source_file: str | None = None
+    source_line: int | None = None
+    git_revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """One schedule id as found in Redis: its data (None if the data key is missing) and
+    every index list naming it (a list appears twice if the id is listed twice)."""
+
+    schedule_id: str
+    payload: dict[str, Any] | None
+    lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Actual:
+    """What PostgreSQL and Redis hold now."""
+
+    rows: Mapping[str, Row]
+    schedules: Mapping[str, ScheduleRecord]  # by schedule id, everything under our prefix
+    statuses: Mapping[int, str]  # config id -> raw status value
+    unmanaged_names: frozenset[str] = frozenset()  # rows syncd must never touch
+
+
+@dataclass(frozen=True)
+class TaskCatalog:
+    """The worker's registry as data: parameter models and queues by task type."""
+
+    params: Mapping[str, Any]  # task_type -> pydantic model class of its parameters
+    queues: Mapping[str, str]
