@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from schemas.taskdef import TaskDef
 from syncd.problems import Problem
+from syncd.state import TaskConfig, config_from_taskdef
 from syncd.validate import validate_document
 from syncd.yamlsafe import YamlProblem, parse_document
 
@@ -35,6 +37,12 @@ class LoadedTask:
     source: str  # path relative to the taskdefs root: stored in task_configs.source_file
     path: str  # path as the user named it, for messages
     line: int
+
+    @cached_property
+    def config(self) -> TaskConfig:
+        """The row this task becomes; cached with the file, so a daemon reconciling an
+        unchanged file reuses the config and its content hash."""
+        return config_from_taskdef(self.spec)
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,8 @@ def _failed(
 def _reshown(result: FileResult, shown: str) -> FileResult:
     problems = tuple(Problem(shown, p.line, p.col, p.message, p.severity) for p in result.problems)
     tasks = tuple(LoadedTask(t.spec, t.source, shown, t.line) for t in result.tasks)
+    for old, new in zip(result.tasks, tasks, strict=True):
+        new.__dict__["config"] = old.config  # keep the cached config (and its hash)
     return FileResult(result.source, shown, result.digest, tasks, problems)
 
 

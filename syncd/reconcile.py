@@ -21,7 +21,7 @@ from syncd.load import LoadCache, LoadResult, load_taskdefs
 from syncd.plans import Plan, plan
 from syncd.redis_store import RedisStore
 from syncd.settings import Settings
-from syncd.state import Actual, Desired, DesiredTask, TaskCatalog, config_from_taskdef
+from syncd.state import Actual, Desired, DesiredTask, TaskCatalog
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Outcome:
 
 def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None) -> Desired:
     tasks = {
-        t.spec.name: DesiredTask(config_from_taskdef(t.spec), t.source, t.line, t.path)
+        t.spec.name: DesiredTask(t.config, t.source, t.line, t.path)
         for t in loaded.tasks
     }
     # Any error, even one not tied to a file (a missing directory), suspends pruning.
