@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DIR ?= taskdefs
 
 .DEFAULT_GOAL := test
-.PHONY: install run test lint typecheck bench schema check clean
+.PHONY: install run test lint typecheck bench schema check clean watch migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+migrate: $(STAMP)
+	$(BIN)/syncd migrate
+
+watch: $(STAMP)
+	$(BIN)/syncd watch $(DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check syncd schemas worker tests bench

@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.set_defaults(func=cmd_sync)
 
+    from syncd.watch import add_watch_command
+
+    add_watch_command(commands)
     return parser
 
 

@@ -72,10 +72,7 @@ class Outcome:
 
 
 def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None) -> Desired:
-    tasks = {
-        t.spec.name: DesiredTask(t.config, t.source, t.line, t.path)
-        for t in loaded.tasks
-    }
+    tasks = {t.spec.name: DesiredTask(t.config, t.source, t.line, t.path) for t in loaded.tasks}
     # Any error, even one not tied to a file (a missing directory), suspends pruning.
     broken = loaded.broken_sources or (frozenset({"<taskdefs>"}) if loaded.errors else frozenset())
     return Desired(tasks, broken, catalog.queues, revision)
