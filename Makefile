@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DIR ?= taskdefs
 
 .DEFAULT_GOAL := test
-.PHONY: install run test lint typecheck bench schema check clean watch migrate
+.PHONY: install run test lint typecheck bench schema check clean worker scheduler watch migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/syncd migrate
+
+worker: $(STAMP)
+	$(BIN)/taskiq worker worker.app:broker
+
+scheduler: $(STAMP)
+	$(BIN)/taskiq scheduler worker.app:scheduler --update-interval 1
 
 watch: $(STAMP)
 	$(BIN)/syncd watch $(DIR)

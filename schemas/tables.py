@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -90,6 +91,9 @@ class TaskExecutionModel(Base):
     """One finished execution attempt, written once when it ends (no RUNNING state)."""
 
     __tablename__ = "task_executions"
+    # One row per attempt: the recorder's INSERT ... ON CONFLICT (task_id, attempt) DO NOTHING
+    # relies on it, so a retried flush or a redelivered message never duplicates a row.
+    __table_args__ = (UniqueConstraint("task_id", "attempt"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     # SET NULL: deleting a task's config must not erase its history.

@@ -176,6 +176,40 @@ def _progress_printer() -> Callable[[str, int, int], None]:
     return show
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from syncd.reconcile import open_stores
+    from syncd.trigger import trigger
+    from worker.broker import WorkerSettings, make_broker
+    from worker.tasks import registry
+
+    settings = settings_from(args)
+    broker = make_broker(registry, WorkerSettings(redis_url=settings.redis_url))
+    with open_stores(settings) as stores:
+        task_id = trigger(stores.db, broker, dict(catalog().queues), args.name)
+    print(f"enqueued {args.name} as task {task_id}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from syncd.operate import pause
+    from syncd.reconcile import open_stores
+
+    with open_stores(settings_from(args)) as stores:
+        previous = pause(stores.db, stores.redis, args.name)
+    print(f"paused {args.name} (was {previous}); `syncd resume {args.name}` lifts it")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from syncd.operate import resume
+    from syncd.reconcile import open_stores
+
+    with open_stores(settings_from(args)) as stores:
+        status = resume(stores.db, stores.redis, args.name, datetime.now(UTC))
+    print(f"resumed {args.name}: {status}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from schemas.taskdef import json_schema
 
@@ -229,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse to delete more than N tasks (default 10, or SYNCD_MAX_DELETES)",
     )
     sync.set_defaults(func=cmd_sync)
+
+    run = commands.add_parser("run", help="enqueue a task now (manual tasks, ad-hoc runs)")
+    run.add_argument("name")
+    _store_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("pause", cmd_pause, "pause a task's schedule (sync keeps it paused)"),
+        ("resume", cmd_resume, "lift a pause (missed runs are not sent)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("name")
+        _store_flags(sub)
+        sub.set_defaults(func=func)
 
     from syncd.watch import add_watch_command
 

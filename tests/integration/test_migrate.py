@@ -39,8 +39,12 @@ def engine(fresh_database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_head_revision_is_the_initial_migration() -> None:
-    assert head_revision() == "0001"
+# The newest migration in syncd/migrations/versions; bump it with each new migration.
+HEAD = "0002"
+
+
+def test_head_revision_is_the_newest_migration() -> None:
+    assert head_revision() == HEAD
 
 
 def test_migrate_creates_a_missing_database_then_is_a_no_op(new_database: tuple[str, str]) -> None:
@@ -49,9 +53,9 @@ def test_migrate_creates_a_missing_database_then_is_a_no_op(new_database: tuple[
     first = migrate(url)
     second = migrate(url)
 
-    assert first == MigrateResult(created_database=True, from_revision=None, to_revision="0001")
+    assert first == MigrateResult(created_database=True, from_revision=None, to_revision=HEAD)
     assert first.changed
-    assert second == MigrateResult(created_database=False, from_revision="0001", to_revision="0001")
+    assert second == MigrateResult(created_database=False, from_revision=HEAD, to_revision=HEAD)
     assert not second.changed
     engine = create_engine(url)
     try:
@@ -68,8 +72,8 @@ def test_concurrent_migrates_take_turns(new_database: tuple[str, str]) -> None:
         results = list(pool.map(migrate, [url, url]))
 
     assert sorted(r.created_database for r in results) == [False, True]
-    assert sorted(str(r.from_revision) for r in results) == ["0001", "None"]
-    assert {r.to_revision for r in results} == {"0001"}
+    assert sorted(str(r.from_revision) for r in results) == sorted([HEAD, "None"])
+    assert {r.to_revision for r in results} == {HEAD}
 
 
 def test_check_schema_fails_before_migrate_and_passes_after(
@@ -83,9 +87,9 @@ def test_check_schema_fails_before_migrate_and_passes_after(
 
         result = migrate(fresh_database_url)
 
-        assert result == MigrateResult(False, None, "0001")
+        assert result == MigrateResult(False, None, HEAD)
         store.check_schema()
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
     finally:
         store.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
@@ -44,3 +45,19 @@ class DiagnosticFailure(RuntimeError):
 async def fail(params: FailParams) -> None:
     """Always raise."""
     raise DiagnosticFailure(params.message)
+
+
+class FlakyParams(Params):
+    counter_file: Annotated[str, Field(min_length=1, description="file that counts attempts")]
+    failures: Annotated[int, Field(ge=0, le=100)] = 1
+
+
+@task("diagnostics.flaky", params=FlakyParams, queue="default")
+async def flaky(params: FlakyParams) -> dict[str, int]:
+    """Fail the first `failures` calls (counted in `counter_file`), then succeed: retries."""
+    path = Path(params.counter_file)
+    calls = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls <= params.failures:
+        raise DiagnosticFailure(f"call {calls} of {params.failures} planned failures")
+    return {"calls": calls}

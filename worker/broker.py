@@ -1,0 +1,86 @@
+"""The TaskIQ broker: Redis streams, one per queue the registry declares, at-least-once.
+
+`make_broker(settings)` builds a `RedisStreamBroker` (the only Redis broker with acks and
+redelivery, DESIGN §8) and registers every task of the registry under its task type.
+Messages are routed to a queue's stream by the `queue_name` label syncd puts on every
+schedule; a worker reads the streams of the queues it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from taskiq import AsyncBroker, SimpleRetryMiddleware
+from taskiq_redis import RedisStreamBroker
+
+from syncd.keys import queue_stream
+from worker.registry import TaskRegistry, TaskType
+
+logger = logging.getLogger("syncd.worker")
+CONSUMER_GROUP = "syncd-workers"
+
+
+class WorkerSettings(BaseSettings):
+    """Broker tuning; every value is deliberate (see the comments)."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCD_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Empty: serve every queue the registry declares.
+    worker_queues: list[str] = Field(default_factory=list)
+    # A message held by a dead worker is re-delivered after this long; a task running
+    # longer than this is delivered again concurrently (DESIGN §8). One hour is above any
+    # sane task timeout; raise it for tasks that legitimately run longer.
+    idle_timeout_seconds: int = Field(default=3600, ge=10)
+    # Messages fetched per XREADGROUP: small, so busy workers don't hoard work that an
+    # idle worker could run (a fetched message is pending on this worker until acked).
+    xread_count: int = Field(default=10, ge=1)
+
+
+def make_broker(registry: TaskRegistry, settings: WorkerSettings | None = None) -> AsyncBroker:
+    """A broker with every registered task, reading the configured queues."""
+    settings = settings or WorkerSettings()
+    queues = served_queues(registry, settings.worker_queues)
+    broker = RedisStreamBroker(
+        url=settings.redis_url,
+        queue_name=queue_stream(queues[0]),
+        additional_streams={queue_stream(q): ">" for q in queues[1:]},
+        consumer_group_name=CONSUMER_GROUP,
+        # "0", not "$": a group created after messages were sent still gets them.
+        consumer_id="0",
+        # No maxlen: trimming by length silently drops messages nobody consumed yet.
+        maxlen=None,
+        idle_timeout=settings.idle_timeout_seconds * 1000,
+        xread_count=settings.xread_count,
+        # Released automatically if the worker holding it dies.
+        unacknowledged_lock_timeout=30,
+    ).with_middlewares(SimpleRetryMiddleware(default_retry_count=1))
+    for task_type in registry:
+        register(broker, task_type)
+    return broker
+
+
+def served_queues(registry: TaskRegistry, wanted: Sequence[str]) -> list[str]:
+    declared = registry.queues()
+    if not wanted:
+        return declared
+    unknown = sorted(set(wanted) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown queue(s) {unknown}; the registry declares {declared}")
+    return sorted(set(wanted))
+
+
+def register(broker: AsyncBroker, task_type: TaskType) -> None:
+    """Register a task type: the kwargs sent are validated into its parameter model."""
+
+    async def run(**kwargs: Any) -> Any:
+        params = task_type.params.model_validate(kwargs)
+        return await task_type.func(params)
+
+    run.__name__ = task_type.name.replace(".", "_")
+    run.__doc__ = task_type.func.__doc__
+    broker.register_task(run, task_name=task_type.name, queue=task_type.queue)
