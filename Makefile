@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Validate, migrate, then the daemon (which syncs), the scheduler and a worker, until Ctrl-C.
 run: $(STAMP)
 	$(BIN)/syncd validate $(DIR)
-	$(BIN)/syncd migrate
-	$(BIN)/syncd sync $(DIR)
+	$(BIN)/syncd up $(DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

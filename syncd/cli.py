@@ -210,6 +210,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from syncd.devstack import up
+
+    return up(args.dir, args.http_port)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from schemas.taskdef import json_schema
 
@@ -268,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name")
     _store_flags(run)
     run.set_defaults(func=cmd_run)
+
+    up = commands.add_parser(
+        "up", help="run daemon, scheduler and a worker in the foreground (demo, development)"
+    )
+    up.add_argument("dir", nargs="?", default=DEFAULT_DIR)
+    up.add_argument("--http-port", type=int, default=9464)
+    up.set_defaults(func=cmd_up)
 
     for name, func, text in (
         ("pause", cmd_pause, "pause a task's schedule (sync keeps it paused)"),
