@@ -30,8 +30,9 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNCD_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Empty: serve every queue the registry declares.
-    worker_queues: list[str] = Field(default_factory=list)
+    # Comma-separated queue names (SYNCD_WORKER_QUEUES=data,default); empty: every queue
+    # the registry declares.
+    worker_queues: str = ""
     # A message held by a dead worker is re-delivered after this long; a task running
     # longer than this is delivered again concurrently (DESIGN §8). One hour is above any
     # sane task timeout; raise it for tasks that legitimately run longer.
@@ -44,7 +45,8 @@ class WorkerSettings(BaseSettings):
 def make_broker(registry: TaskRegistry, settings: WorkerSettings | None = None) -> AsyncBroker:
     """A broker with every registered task, reading the configured queues."""
     settings = settings or WorkerSettings()
-    queues = served_queues(registry, settings.worker_queues)
+    wanted = [q.strip() for q in settings.worker_queues.split(",") if q.strip()]
+    queues = served_queues(registry, wanted)
     broker = RedisStreamBroker(
         url=settings.redis_url,
         queue_name=queue_stream(queues[0]),
