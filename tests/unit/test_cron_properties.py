@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 from datetime import UTC, datetime, timedelta
 
 from croniter import CroniterBadDateError, croniter
@@ -24,45 +25,53 @@ Field = tuple[int, int, tuple[str, ...]]
 NICKNAMES = ["@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"]
 
 
-@st.composite
-def value_text(draw: st.DrawFn, field: Field, value: int) -> str:
-    """`value` as a number (maybe zero-padded) or, where the field has one, a name in any case."""
+def spellings(field: Field, value: int) -> list[str]:
+    """`value` as a number, zero-padded, and by name in several cases where it has one."""
     low, _, names = field
-    if names and value - low < len(names) and draw(st.booleans()):
+    texts = [str(value), f"{value:02d}"]
+    if names and value - low < len(names):
         name = names[value - low]
-        return draw(st.sampled_from([name, name.upper(), name.capitalize()]))
-    return draw(st.sampled_from([str(value), f"{value:02d}"]))
-
-
-def values(field: Field) -> st.SearchStrategy[int]:
-    """Any value of the field, with its bounds (0, 7, 31, 12...) drawn often: bugs live there."""
-    low, high, _ = field
-    return st.one_of(st.sampled_from([low, high]), st.integers(low, high))
+        texts += [name, name.upper(), name.capitalize()]
+    return texts
 
 
 @st.composite
-def item_text(draw: st.DrawFn, field: Field) -> str:
-    """A list item other than `*`: `N`, `A-B`, `A-B/S`, or `N/S` (not in day-of-week)."""
+def value_text(draw: st.DrawFn, field: Field) -> str:
+    """Any value, with the bounds (0, 7, 31, 12...) drawn often: bugs live there."""
     low, high, _ = field
-    value, step = draw(values(field)), draw(st.integers(1, high))
+    value = draw(st.one_of(st.sampled_from([low, high]), st.integers(low, high)))
+    return draw(st.sampled_from(spellings(field, value)))
+
+
+@st.composite
+def range_text(draw: st.DrawFn, field: Field) -> str:
+    """`A-B`, `A-B/S`, or (not in day-of-week, where it is refused) `A/S`."""
+    low, high, _ = field
     # Equal ranges (`5-5`) stay out: croniter reads them as the whole field (DESIGN §8).
     start = draw(st.integers(low, high - 1))
     end = draw(st.one_of(st.just(high), st.integers(start + 1, high)))
-    start_text, end_text = draw(value_text(field, start)), draw(value_text(field, end))
-    shapes = [draw(value_text(field, value)), f"{start_text}-{end_text}"]
-    shapes.append(f"{start_text}-{end_text}/{step}")
-    if field is not DAY_OF_WEEK:  # `N/S` is refused there (Vixie and croniter disagree)
+    start_text = draw(st.sampled_from(spellings(field, start)))
+    end_text = draw(st.sampled_from(spellings(field, end)))
+    step = draw(st.integers(1, high))
+    shapes = [f"{start_text}-{end_text}", f"{start_text}-{end_text}/{step}"]
+    if field is not DAY_OF_WEEK:
         shapes.append(f"{start_text}/{step}")
     return draw(st.sampled_from(shapes))
 
 
-@st.composite
-def field_text(draw: st.DrawFn, field: Field) -> str:
+@functools.cache
+def item_text(field: Field) -> st.SearchStrategy[str]:
+    """A list item other than `*`: a value or a range."""
+    return st.one_of(value_text(field), range_text(field))
+
+
+@functools.cache
+def field_text(field: Field) -> st.SearchStrategy[str]:
     """`*`, `*/S`, or a list; a '*' only ever leads, so that croniter's "contains '*'"
     test for the day rule agrees with cron's "starts with '*'"."""
-    items = draw(st.lists(item_text(field), min_size=1, max_size=3))
-    star = f"*/{draw(st.integers(1, field[1]))}"
-    return draw(st.sampled_from(["*", star, ",".join(items), ",".join([star, *items])]))
+    star = st.integers(1, field[1]).map(lambda step: f"*/{step}")
+    items = st.lists(item_text(field), min_size=1, max_size=3).map(",".join)
+    return st.one_of(st.just("*"), star, items, st.tuples(star, items).map(",".join))
 
 
 BLANKS = st.sampled_from([" ", " ", " ", "  ", "\t", " \t "])
