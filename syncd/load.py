@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.taskdef import TaskDef
+from syncd.gcpause import gc_paused
 from syncd.problems import Problem
 from syncd.state import TaskConfig, config_from_taskdef
 from syncd.validate import validate_document
@@ -119,10 +120,11 @@ def load_taskdefs(
             str(root), 0, 0, "taskdefs directory does not exist or is not a directory"
         )
         return LoadResult(str(root), (), (problem,))
-    files = [
-        load_file(path, root_path, task_types, cache) for path in find_taskdef_files(root_path)
-    ]
-    return _assemble(str(root), files, now)
+    with gc_paused():
+        files = [
+            load_file(path, root_path, task_types, cache) for path in find_taskdef_files(root_path)
+        ]
+        return _assemble(str(root), files, now)
 
 
 def load_taskdef_blobs(
