@@ -19,6 +19,7 @@ from taskiq_redis import RedisStreamBroker
 
 from syncd.keys import queue_stream
 from worker.registry import TaskRegistry, TaskType
+from worker.streams import StreamTrimmer
 
 logger = logging.getLogger("syncd.worker")
 CONSUMER_GROUP = "syncd-workers"
@@ -60,7 +61,11 @@ def make_broker(registry: TaskRegistry, settings: WorkerSettings | None = None) 
         xread_count=settings.xread_count,
         # Released automatically if the worker holding it dies.
         unacknowledged_lock_timeout=30,
-    ).with_middlewares(SimpleRetryMiddleware(default_retry_count=1))
+    ).with_middlewares(
+        SimpleRetryMiddleware(default_retry_count=1),
+        # With maxlen=None this is what keeps the streams bounded: it trims consumed entries only.
+        StreamTrimmer(settings.redis_url, [queue_stream(q) for q in queues]),
+    )
     for task_type in registry:
         register(broker, task_type)
     return broker
