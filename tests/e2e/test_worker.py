@@ -29,6 +29,7 @@ def process(cli: Cli, *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]
             env=cli.env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # so a hung stop can take the worker's children too
         )
         try:
             yield proc
@@ -37,7 +38,7 @@ def process(cli: Cli, *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
 
