@@ -162,10 +162,10 @@ def _print_plan(the_plan: Plan, args: argparse.Namespace) -> None:
     if args.format == "json":
         _print_json(render_json(the_plan))
     elif args.format == "markdown":
-        print(render_markdown(the_plan))
+        print(render_markdown(the_plan, now=datetime.now(UTC)))
     else:
         color = sys.stdout.isatty() and not args.no_color
-        print(render_text(the_plan, color=color, verbose=args.verbose))
+        print(render_text(the_plan, color=color, verbose=args.verbose, now=datetime.now(UTC)))
 
 
 def _progress_printer() -> Callable[[str, int, int], None]:
@@ -291,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         _store_flags(sub)
         sub.set_defaults(func=func)
 
+    from syncd.inspect_cli import add_inspect_commands
     from syncd.watch import add_watch_command
 
     add_watch_command(commands)
+    add_inspect_commands(commands)
     return parser
 
 

@@ -1,7 +1,7 @@
 """The PostgreSQL adapter of syncd: read and write `task_configs`, and the sync advisory lock.
 
 The CLI and the daemon build one `DbStore` and hand it to the sync; `syncd.migrate` reuses
-its error translation. Every driver error becomes a `SyncdError` here. It never touches
+its error translation. Every driver error becomes a `SyncdError` here. It only reads
 `task_executions` (the worker owns it, DESIGN §6) and decides nothing: the plan does.
 """
 
@@ -11,6 +11,8 @@ import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    Select,
     any_,
     bindparam,
     column,
@@ -37,7 +40,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import ColumnClause, TableValuedAlias
 
-from schemas.tables import MANAGED_BY_SYNCD, task_configs
+from schemas.tables import MANAGED_BY_SYNCD, task_configs, task_executions
 from syncd.errors import ConflictError, SchemaMissing, StoreUnavailable, SyncdError
 from syncd.state import CONFIG_FIELDS, DesiredTask, Row, TaskConfig
 
@@ -154,6 +157,47 @@ class DbStore:
         with translate_errors(self._engine.url), self._engine.connect() as conn:
             record = conn.execute(query).mappings().one_or_none()
         return None if record is None else _row_from(record)
+
+    def row_times(self, config_id: int) -> tuple[datetime, datetime | None] | None:
+        """(created_at, updated_at) of a row, or None; updated_at is NULL until an update."""
+        query = select(_t.c.created_at, _t.c.updated_at).where(_t.c.id == config_id)
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            found = conn.execute(query).one_or_none()
+        return None if found is None else (found.created_at, found.updated_at)
+
+    def read_executions(
+        self, name: str | None, failed_only: bool, since: datetime | None, limit: int
+    ) -> list[ExecutionRow]:
+        """Finished attempts, newest first; `name` matches the task's current row."""
+        query = _executions_query()
+        if name is not None:
+            query = query.where(_t.c.name == name)
+        if failed_only:
+            query = query.where(_e.c.is_success.is_(False))
+        if since is not None:
+            query = query.where(_e.c.completed_at >= since)
+        query = query.order_by(_e.c.completed_at.desc(), _e.c.id.desc()).limit(limit)
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            records = conn.execute(query).mappings().all()
+        return [_execution_from(record) for record in records]
+
+    def last_executions(self, config_ids: Sequence[int]) -> dict[int, ExecutionRow]:
+        """The newest attempt of each task, in one query whatever the count.
+
+        DISTINCT ON walks the (config_id, completed_at DESC) index: one row per task.
+        """
+        if not config_ids:
+            return {}
+        ids = bindparam("ids", list(config_ids), type_=ARRAY(Integer))
+        query = (
+            _executions_query()
+            .where(_e.c.config_id == any_(ids))
+            .distinct(_e.c.config_id)
+            .order_by(_e.c.config_id, _e.c.completed_at.desc(), _e.c.id.desc())
+        )
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            records = conn.execute(query).mappings().all()
+        return {record["config_id"]: _execution_from(record) for record in records}
 
     def close(self) -> None:
         self._engine.dispose()
@@ -317,3 +361,56 @@ def translate_errors(url: URL) -> Iterator[None]:
         raise translate(url, exc.orig or exc) from exc
     except (SQLAlchemyError, psycopg.Error) as exc:
         raise translate(url, exc) from exc
+
+
+# -- task_executions (read only) -------------------------------------------------------
+
+_e = task_executions
+
+
+@dataclass(frozen=True)
+class ExecutionRow:
+    """One finished attempt as `status`, `explain` and `history` show it."""
+
+    id: int
+    config_id: int | None  # NULL once the task's row is deleted (history is kept)
+    name: str | None  # the task's current name; None when its row is gone
+    task_id: str
+    attempt: int
+    is_success: bool
+    started_at: datetime
+    completed_at: datetime
+    duration_seconds: float | None
+    error_message: str | None
+
+
+def _executions_query() -> Select[Any]:
+    joined = _e.outerjoin(_t, _t.c.id == _e.c.config_id)
+    return select(
+        _e.c.id,
+        _e.c.config_id,
+        _t.c.name,
+        _e.c.task_id,
+        _e.c.attempt,
+        _e.c.is_success,
+        _e.c.started_at,
+        _e.c.completed_at,
+        _e.c.duration_seconds,
+        _e.c.error_message,
+    ).select_from(joined)
+
+
+def _execution_from(record: RowMapping) -> ExecutionRow:
+    duration = record["duration_seconds"]
+    return ExecutionRow(
+        id=record["id"],
+        config_id=record["config_id"],
+        name=record["name"],
+        task_id=record["task_id"],
+        attempt=record["attempt"],
+        is_success=record["is_success"],
+        started_at=record["started_at"],
+        completed_at=record["completed_at"],
+        duration_seconds=None if duration is None else float(duration),
+        error_message=record["error_message"],
+    )

@@ -1,7 +1,8 @@
 """Render a Plan for people and programs: terminal text, a pull-request comment, JSON.
 
-Pure functions of the Plan value (DESIGN §2): no I/O, no clock, no environment; colour is
-a parameter. The JSON shape is the `--format json` contract of DESIGN §9.
+Pure functions of the Plan value (DESIGN §2): no I/O, no clock, no environment; colour and
+`now` (for the next fire times of changed schedules) are parameters. The JSON shape is the
+`--format json` contract of DESIGN §9.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from syncd.firetimes import (
+    Instant,
+    format_local,
+    format_utc,
+    is_approximate,
+    next_fire_times,
+    timezone_of,
+)
 from syncd.plans import FieldChange, Plan, StraySchedule, TaskPlan
 from syncd.state import TaskConfig
 
@@ -37,6 +46,8 @@ _MD_STATE_WARNINGS = (
     ("paused", "Paused by operator, kept paused by sync"),
 )
 _SUMMARY_COLUMNS = ("create", "update", "delete", "drift", "frozen", "paused", "expired")
+FIRE_COUNT = 5  # next fire times shown per side of a schedule change
+_SCHEDULE_FIELDS = frozenset({"scheduler_type", "schedule_config", "enabled"})
 
 
 class _Absent:
@@ -156,6 +167,62 @@ def _with_state(plan: Plan, state: str) -> list[TaskPlan]:
     return _by_name(t for t in plan.tasks if t.state == state)
 
 
+FireSide = tuple[str, TaskConfig, list[Instant]]  # (before | after, config, fire times)
+
+
+def _fire_sides(task: TaskPlan, now: Instant | None) -> list[FireSide]:
+    """Fire times of a created task, or before and after an update of its schedule.
+
+    Empty when there is no `now`, no schedule change, or neither side is ever scheduled.
+    """
+    if now is None or task.after is None:
+        return []
+    if task.action == "create":
+        configs = [("after", task.after)]
+    elif task.action == "update" and task.before is not None and _schedule_changed(task):
+        configs = [("before", task.before), ("after", task.after)]
+    else:
+        return []
+    if not any(config.is_scheduled for _, config in configs):
+        return []
+    return [(side, c, next_fire_times(c, now, FIRE_COUNT)) for side, c in configs]
+
+
+def _schedule_changed(task: TaskPlan) -> bool:
+    return any(change.field in _SCHEDULE_FIELDS for change in task.changes)
+
+
+def _never(config: TaskConfig) -> str:
+    """Why a side has no fire time at all."""
+    if config.scheduler_type == "manual":
+        return "never (manual task)"
+    if not config.enabled:
+        return "never (disabled)"
+    if config.scheduler_type == "date":
+        return "never ('at' has passed)"
+    return "never (the cron expression matches no date)"
+
+
+def _side_title(side: str, config: TaskConfig) -> str:
+    zone = timezone_of(config)
+    approx = ", approximate" if is_approximate(config) else ""
+    return f"{side} ({zone}{approx})" if zone != "UTC" else f"{side} (UTC{approx})"
+
+
+def _fire_label(when: Instant, config: TaskConfig) -> str:
+    zone = timezone_of(config)
+    return format_utc(when) if zone == "UTC" else f"{format_utc(when)} = {format_local(when, zone)}"
+
+
+def _approx_note(sides: Sequence[FireSide], now: Instant) -> str:
+    if not any(is_approximate(config) for _, config, _ in sides):
+        return ""
+    return (
+        f"interval times are estimates counted from {format_utc(now)}: the scheduler counts "
+        "from its own last send"
+    )
+
+
 # ---------------------------------------------------------------- text
 
 
@@ -163,9 +230,15 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
 
-def render_text(plan: Plan, *, color: bool = False, verbose: bool = False) -> str:
-    """A terminal report in the spirit of `terraform plan`."""
-    blocks = [_text_block(t, color, verbose) for t in _by_name(plan.changed)]
+def render_text(
+    plan: Plan, *, color: bool = False, verbose: bool = False, now: Instant | None = None
+) -> str:
+    """A terminal report in the spirit of `terraform plan`.
+
+    With `verbose` and `now`, a schedule change lists the next fire times before and after.
+    """
+    fire_now = now if verbose else None
+    blocks = [_text_block(t, color, verbose, fire_now) for t in _by_name(plan.changed)]
     sections = [
         _text_frozen(plan, color),
         _text_kept(plan, color),
@@ -178,7 +251,7 @@ def render_text(plan: Plan, *, color: bool = False, verbose: bool = False) -> st
     return "\n\n".join(parts) + "\n"
 
 
-def _text_block(task: TaskPlan, color: bool, verbose: bool) -> str:
+def _text_block(task: TaskPlan, color: bool, verbose: bool, now: Instant | None = None) -> str:
     code = _COLORS[task.action]
     head = (
         f"{_paint(_SYMBOLS[task.action], code, color)} "
@@ -192,7 +265,19 @@ def _text_block(task: TaskPlan, color: bool, verbose: bool) -> str:
     lines += [f"    note: {_clean(n)}" for n in task.notes]
     if verbose and _ops(task):
         lines.append(f"    applies: {', '.join(_ops(task))}")
+    lines += [f"    {line}" for line in _text_fire_times(task, now)]
     return "\n".join(lines)
+
+
+def _text_fire_times(task: TaskPlan, now: Instant | None) -> list[str]:
+    sides = _fire_sides(task, now)
+    lines: list[str] = []
+    for side, config, times in sides:
+        lines.append(f"next {FIRE_COUNT} fire times {_clean(_side_title(side, config))}:")
+        lines += [f"  {_clean(_fire_label(t, config))}" for t in times] or [f"  {_never(config)}"]
+    if sides and now is not None and (note := _approx_note(sides, now)):
+        lines.append(f"note: {note}")
+    return lines
 
 
 def _text_details(task: TaskPlan, verbose: bool) -> list[str]:
@@ -295,14 +380,22 @@ def _text_summary(plan: Plan, color: bool) -> str:
 Item = tuple[str, int]  # (markdown, number of changes it shows)
 
 
-def render_markdown(plan: Plan, *, max_chars: int = 60_000, title: str = "syncd plan") -> str:
-    """A pull-request comment: summary table, warnings, collapsible details; ≤ max_chars."""
+def render_markdown(
+    plan: Plan, *, max_chars: int = 60_000, title: str = "syncd plan", now: Instant | None = None
+) -> str:
+    """A pull-request comment: summary table, warnings, collapsible details; ≤ max_chars.
+
+    With `now`, each created or rescheduled task shows its next fire times before and after.
+    """
     head = _md_head(plan, title)
     warnings = _md_section(
         "### ⚠️ Warnings\n\n", _md_warnings(plan), (max_chars - len(head)) // 3, _more_warnings
     )
     details = _md_section(
-        "### Changes\n\n", _md_items(plan), max_chars - len(head) - len(warnings), _more_changes
+        "### Changes\n\n",
+        _md_items(plan, now),
+        max_chars - len(head) - len(warnings),
+        _more_changes,
     )
     return _clip((head + warnings + details).rstrip("\n") + "\n", max_chars)
 
@@ -407,14 +500,14 @@ def _md_warnings(plan: Plan) -> list[Item]:
     return [(text, 1) for text in items]
 
 
-def _md_items(plan: Plan) -> list[Item]:
-    items = [(_md_block(t), 1) for t in _by_name(plan.changed)]
+def _md_items(plan: Plan, now: Instant | None = None) -> list[Item]:
+    items = [(_md_block(t, now), 1) for t in _by_name(plan.changed)]
     if plan.strays:
         items.append((_md_strays(plan.strays), len(plan.strays)))
     return items
 
 
-def _md_block(task: TaskPlan) -> str:
+def _md_block(task: TaskPlan, now: Instant | None = None) -> str:
     where = _location(task)
     summary = (
         f"<code>{_SYMBOLS[task.action]}</code> {_VERBS[task.action]} "
@@ -424,7 +517,11 @@ def _md_block(task: TaskPlan) -> str:
         summary += f" — <code>{html.escape(_shorten(where, 200))}</code>"
     bullets = [f"- drift: {_md_text(_shorten(d, 300))}" for d in task.drift]
     bullets += [f"- note: {_md_text(_shorten(n, 300))}" for n in task.notes]
-    parts = [_md_table(task), "\n".join(bullets) + "\n" if bullets else ""]
+    parts = [
+        _md_table(task),
+        _md_fire_times(task, now),
+        "\n".join(bullets) + "\n" if bullets else "",
+    ]
     if _ops(task):
         parts.append(f"Applies: {', '.join(_ops(task))}.\n")
     inner = "\n".join(part for part in parts if part)
@@ -450,6 +547,37 @@ def _md_table(task: TaskPlan) -> str:
     lines = ["| field | value |", "|---|---|"]
     lines += [f"| {_cell(f)} | {_cell(_value(v, _MD_VALUE_MAX))} |" for f, v in values.items()]
     return "\n".join(lines) + "\n" if values else ""
+
+
+def _md_fire_times(task: TaskPlan, now: Instant | None) -> str:
+    """A table of the next fire times: one UTC column per side, plus its declared zone's."""
+    sides = _fire_sides(task, now)
+    if not sides or now is None:
+        return ""
+    headers: list[str] = []
+    columns: list[list[str]] = []
+    for side, config, times in sides:
+        zone = timezone_of(config)
+        approx = ", approximate" if is_approximate(config) else ""
+        headers.append(f"{side}, UTC{approx}")
+        columns.append([format_utc(t) for t in times] or [_never(config)])
+        if zone != "UTC":
+            headers.append(f"{side}, {zone}")
+            columns.append([format_local(t, zone) for t in times] or [""])
+    rows = [
+        f"| {i + 1} | " + " | ".join(_md_text(c[i]) if i < len(c) else "" for c in columns) + " |"
+        for i in range(max(len(c) for c in columns))
+    ]
+    lines = [
+        f"Next {FIRE_COUNT} fire times (from {format_utc(now)}):",
+        "",
+        "| # | " + " | ".join(_md_text(h) for h in headers) + " |",
+        "|---:|" + "---|" * len(headers),
+        *rows,
+    ]
+    if note := _approx_note(sides, now):
+        lines += ["", f"_{_md_text(note)}_"]
+    return "\n".join(lines) + "\n"
 
 
 def _md_strays(strays: Sequence[StraySchedule]) -> str:
