@@ -258,16 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="make PostgreSQL and Redis match the taskdefs")
     _plan_flags(sync)
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    sync.add_argument(
-        "--allow-empty", action="store_true", help="allow a sync that deletes every managed task"
-    )
-    sync.add_argument(
-        "--max-deletes",
-        type=int,
-        default=None,
-        metavar="N",
-        help="refuse to delete more than N tasks (default 10, or SYNCD_MAX_DELETES)",
-    )
+    add_guard_flags(sync)
     sync.set_defaults(func=cmd_sync)
 
     run = commands.add_parser("run", help="enqueue a task now (manual tasks, ad-hoc runs)")
@@ -297,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_command(commands)
     add_inspect_commands(commands)
     return parser
+
+
+def add_guard_flags(parser: argparse.ArgumentParser) -> None:
+    """The safety-rule overrides (DESIGN §7), shared by `sync` and `watch`."""
+    parser.add_argument(
+        "--allow-empty", action="store_true", help="allow a sync that deletes every managed task"
+    )
+    parser.add_argument(
+        "--max-deletes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse to delete more than N tasks (default 10, or SYNCD_MAX_DELETES)",
+    )
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:

@@ -512,6 +512,8 @@ def _positive_seconds(text: str) -> float:
 
 def add_watch_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `syncd watch` on the CLI's subcommands."""
+    from syncd.cli import add_guard_flags  # the CLI imports this module lazily: no cycle
+
     watch = commands.add_parser("watch", help="the daemon: reconcile on every change and resync")
     watch.add_argument("dir", nargs="?", default="taskdefs")
     watch.add_argument(
@@ -530,16 +532,7 @@ def add_watch_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     watch.add_argument("--log-format", choices=("text", "json"), default="text")
     watch.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
-    watch.add_argument(
-        "--allow-empty", action="store_true", help="allow a sync that deletes every managed task"
-    )
-    watch.add_argument(
-        "--max-deletes",
-        type=int,
-        default=None,
-        metavar="N",
-        help="refuse to delete more than N tasks (default 10, or SYNCD_MAX_DELETES)",
-    )
+    add_guard_flags(watch)
     watch.add_argument("--database-url", help="SQLAlchemy URL (default: $SYNCD_DATABASE_URL)")
     watch.add_argument("--redis-url", help="redis:// URL (default: $SYNCD_REDIS_URL)")
     watch.set_defaults(func=cmd_watch)
