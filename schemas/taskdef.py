@@ -130,6 +130,18 @@ class TaskDef(StrictModel):
     priority: Annotated[int, Field(ge=1, le=10)] = 5
     enabled: bool = True
 
+    @field_validator("description")
+    @classmethod
+    def _storable_description(cls, value: str) -> str:
+        _storable(value)
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _storable_parameters(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        _storable(value)
+        return value
+
     @property
     def scheduler_type(self) -> Literal["cron", "interval", "date", "manual"]:
         """The `task_configs.scheduler_type` of this task (DESIGN §4)."""
@@ -152,13 +164,29 @@ class TaskdefFile(StrictModel):
     tasks: list[TaskDef] = Field(default_factory=list)
 
 
+def _storable(value: object) -> None:
+    """PostgreSQL text and JSONB cannot hold NUL (U+0000); refuse it here, with a line
+    number, rather than fail every later sync as if the database were down."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL characters (\\0) cannot be stored")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+
+
 @lru_cache(maxsize=1024)
 def is_known_timezone(name: str) -> bool:
     if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", name):
         return False
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name like "Europe" is a directory of the tz database, not a zone.
         return False
     return True
 

@@ -84,6 +84,7 @@ def redis_ops(
         if task.schedule_op is not None:
             schedules.append(_schedule_op(task, config_id, desired, layout))
     strays: list[RedisOp] = [RemoveSchedule(s.schedule_id, s.lists) for s in plan.strays]
+    strays += [DeleteStatus(config_id) for config_id in plan.stray_statuses]
     return statuses + schedules + cleanups + strays
 
 

@@ -137,6 +137,12 @@ class DbStore:
                 unmanaged.add(record["name"])
         return managed, frozenset(unmanaged)
 
+    def read_foreign_ids(self) -> frozenset[int]:
+        """Ids of rows syncd does not manage: their status keys are not syncd's to remove."""
+        query = select(_t.c.id).where(_t.c.managed_by != MANAGED_BY_SYNCD)
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            return frozenset(conn.execute(query).scalars().all())
+
     def apply(
         self,
         creates: Sequence[DesiredTask],

@@ -7,7 +7,7 @@ TaskIQ scheduler reads what syncd writes:
     {prefix}:cron                      list of schedule ids with a cron
     {prefix}:interval                  list of schedule ids with an interval
     {prefix}:time:{YYYY-MM-DDTHH:MM}   list of one-shot schedule ids due in that UTC minute
-    {prefix}:version                   bumped by every sync that writes schedules, so a
+    {prefix}:version                   a fresh token on every sync that writes, so a
                                        scheduler refreshes in one round trip when unchanged
     schedule:status:{config_id}        active | paused | inactive (seed §5.3), outside the prefix
     syncd-queue:{queue}                the Redis stream of a worker queue (the broker's)

@@ -78,6 +78,9 @@ class StraySchedule:
 class Plan:
     tasks: tuple[TaskPlan, ...]
     strays: tuple[StraySchedule, ...] = ()
+    # Status keys of config ids no row has (left by a sync killed after its PostgreSQL
+    # commit, before its Redis writes, or written by hand).
+    stray_statuses: tuple[int, ...] = ()
     broken_sources: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()  # the plan cannot be applied (e.g. a name owned by someone else)
     managed_count: int = 0  # managed rows before the sync
@@ -88,7 +91,7 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not self.changed and not self.strays
+        return not self.changed and not self.strays and not self.stray_statuses
 
     @property
     def pruning_suspended(self) -> bool:
@@ -103,11 +106,14 @@ class Plan:
             "update": self.count("update"),
             "delete": self.count("delete"),
             "unchanged": sum(1 for t in self.tasks if t.action == "noop"),
-            "drift": sum(1 for t in self.tasks if t.is_drift_only) + len(self.strays),
+            "drift": sum(1 for t in self.tasks if t.is_drift_only)
+            + len(self.strays)
+            + len(self.stray_statuses),
             "frozen": sum(1 for t in self.tasks if t.state == "frozen"),
             "paused": sum(1 for t in self.tasks if t.state == "paused"),
             "expired": sum(1 for t in self.tasks if t.state == "expired"),
             "stray_schedules": len(self.strays),
+            "stray_statuses": len(self.stray_statuses),
         }
 
 
@@ -133,6 +139,7 @@ def plan(desired: Desired, actual: Actual, now: datetime, layout: KeyLayout | No
     return Plan(
         tasks=tuple(sorted(tasks, key=lambda t: t.name)),
         strays=_strays(actual, desired) if desired.can_prune else (),
+        stray_statuses=_stray_statuses(actual) if desired.can_prune else (),
         broken_sources=tuple(sorted(desired.broken_sources)),
         errors=errors,
         managed_count=len(actual.rows),
@@ -321,6 +328,11 @@ def _strays(actual: Actual, desired: Desired) -> tuple[StraySchedule, ...]:
         for sid, record in sorted(actual.schedules.items())
         if sid not in owned
     )
+
+
+def _stray_statuses(actual: Actual) -> tuple[int, ...]:
+    known = {row.id for row in actual.rows.values()} | actual.foreign_ids
+    return tuple(sorted(cid for cid in actual.statuses if cid not in known))
 
 
 def diff_configs(before: TaskConfig, after: TaskConfig) -> tuple[FieldChange, ...]:

@@ -81,7 +81,13 @@ def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None
 
 def read_actual(stores: Stores) -> Actual:
     rows, unmanaged = stores.db.read_rows()
-    return Actual(rows, stores.redis.read_schedules(), stores.redis.read_statuses(), unmanaged)
+    return Actual(
+        rows,
+        stores.redis.read_schedules(),
+        stores.redis.read_statuses(),
+        unmanaged,
+        stores.db.read_foreign_ids(),
+    )
 
 
 def check_guards(plan_: Plan, options: SyncOptions) -> tuple[str, ...]:

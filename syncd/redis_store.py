@@ -8,6 +8,7 @@ It does not decide what to write, never unpickles anything, and lets no redis ex
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -201,8 +202,9 @@ class RedisStore:
                 pipe = self._client.pipeline(transaction=True)
                 for op in chunk:
                     self._queue(pipe, op)
-                # Schedulers poll this counter: unchanged means their cached list is current.
-                pipe.incr(self._layout.version_key)
+                # Schedulers poll this key: unchanged means their cached list is current. A
+                # fresh token, not INCR: junk written to the key must not wedge every sync.
+                pipe.set(self._layout.version_key, uuid.uuid4().hex)
                 pipe.execute()
             if on_progress is not None:
                 on_progress(start + len(chunk))

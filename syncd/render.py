@@ -346,7 +346,11 @@ def _text_expired(plan: Plan, color: bool) -> str:
 
 def _text_strays(plan: Plan, color: bool) -> str:
     lines = [f"{_paint('-', _COLORS['delete'], color)} {_stray_line(s)}" for s in plan.strays]
-    title = "Stray schedules to remove (no managed task owns them):"
+    lines += [
+        f"{_paint('-', _COLORS['delete'], color)} status key of config {cid} (no such task)"
+        for cid in plan.stray_statuses
+    ]
+    title = "Stray schedules and status keys to remove (no managed task owns them):"
     return _text_list(title, lines, _BOLD, color)
 
 
@@ -603,6 +607,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "changes": [_json_task(t) for t in _by_name(plan.tasks) if _reported(t)],
         "frozen_files": list(plan.broken_sources),
         "strays": [{"schedule_id": s.schedule_id, "lists": list(s.lists)} for s in plan.strays],
+        "stray_statuses": list(plan.stray_statuses),
         "errors": list(plan.errors),
         "pruning_suspended": plan.pruning_suspended,
     }

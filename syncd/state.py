@@ -158,6 +158,7 @@ class Actual:
     schedules: Mapping[str, ScheduleRecord]  # by schedule id, everything under our prefix
     statuses: Mapping[int, str]  # config id -> raw status value
     unmanaged_names: frozenset[str] = frozenset()  # rows syncd must never touch
+    foreign_ids: frozenset[int] = frozenset()  # their ids: status keys syncd must not remove
 
 
 @dataclass(frozen=True)

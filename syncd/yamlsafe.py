@@ -63,9 +63,26 @@ class _MarkingLoader(_BaseLoader):  # type: ignore[misc,valid-type]
         super().__init__(stream)
         self.marks = Marks()
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """PyYAML's constructors raise bare ValueError, AttributeError... for values they
+        cannot build (2026-02-30, `!!int abc`, `!!timestamp hello`, an int of 5,000 digits):
+        turn any of them into a problem at the node's position."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (YamlProblem, yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            tag = node.tag.rsplit(":", 1)[-1]
+            # Only ValueError-family messages say something useful ("day is out of range").
+            reason = f": {exc}" if isinstance(exc, ValueError | OverflowError) else ""
+            raise YamlProblem(
+                f"cannot read {_shown(node)} as {tag}{reason}", *_pair(node)
+            ) from None
+
     def construct_marked_map(self, node: MappingNode) -> Iterator[dict[Any, Any]]:
         data: dict[Any, Any] = {}
         yield data
+        _require(node, MappingNode, "a mapping")
         _reject_duplicate_keys(node)
         self.flatten_mapping(node)  # merge keys (<<) first, explicit keys override them
         key_marks: dict[Any, tuple[Position, Position]] = {}
@@ -81,6 +98,7 @@ class _MarkingLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     def construct_marked_seq(self, node: SequenceNode) -> Iterator[list[Any]]:
         data: list[Any] = []
         yield data
+        _require(node, SequenceNode, "a sequence")
         data.extend(self.construct_object(child, deep=False) for child in node.value)
         self.marks.containers[id(data)] = _position(node)
         self.marks.items[id(data)] = [_position(child) for child in node.value]
@@ -88,6 +106,19 @@ class _MarkingLoader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 _MarkingLoader.add_constructor("tag:yaml.org,2002:map", _MarkingLoader.construct_marked_map)
 _MarkingLoader.add_constructor("tag:yaml.org,2002:seq", _MarkingLoader.construct_marked_seq)
+
+
+def _require(node: Node, kind: type[Node], what: str) -> None:
+    # An explicit `!!map`/`!!seq` tag on a node of another kind (`!!map x`).
+    if not isinstance(node, kind):
+        raise YamlProblem(f"tag {node.tag!r} needs {what}, found {_shown(node)}", *_pair(node))
+
+
+def _shown(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        text = str(node.value)
+        return repr(text if len(text) <= 40 else text[:40] + "...")
+    return "a mapping" if isinstance(node, MappingNode) else "a sequence"
 
 
 def _pair(node: Node) -> tuple[int, int]:

@@ -8,13 +8,17 @@ schedule; a worker reads the streams of the queues it serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from taskiq import AsyncBroker, SimpleRetryMiddleware
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from taskiq import AckableMessage, AsyncBroker, SimpleRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
 from syncd.keys import queue_stream
@@ -22,6 +26,8 @@ from worker.registry import TaskRegistry, TaskType
 from worker.streams import StreamTrimmer
 
 logger = logging.getLogger("syncd.worker")
+RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
 CONSUMER_GROUP = "syncd-workers"
 
 
@@ -43,12 +49,45 @@ class WorkerSettings(BaseSettings):
     xread_count: int = Field(default=10, ge=1)
 
 
+class ResilientStreamBroker(RedisStreamBroker):
+    """RedisStreamBroker whose `listen` survives Redis going away.
+
+    taskiq-redis's `listen` lets a dropped connection escape, which ends the worker process
+    (its tasks in flight are cancelled unrecorded, their messages pending until the idle
+    timeout). Here the worker logs, backs off, reconnects, re-declares its consumer group
+    (a restarted Redis may have lost it) and goes on; runs in flight finish and ack.
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            try:
+                async for message in super().listen():
+                    delay = RECONNECT_MIN_SECONDS
+                    yield message
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("lost Redis (%s); reconnecting in %.1f s", exc, delay)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("consumer group missing (Redis restarted empty?); recreating it")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            await self._redeclare_group()
+
+    async def _redeclare_group(self) -> None:
+        try:
+            await self._declare_consumer_group()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            logger.debug("cannot declare the consumer group yet: %s", exc)
+
+
 def make_broker(registry: TaskRegistry, settings: WorkerSettings | None = None) -> AsyncBroker:
     """A broker with every registered task, reading the configured queues."""
     settings = settings or WorkerSettings()
     wanted = [q.strip() for q in settings.worker_queues.split(",") if q.strip()]
     queues = served_queues(registry, wanted)
-    broker = RedisStreamBroker(
+    broker = ResilientStreamBroker(
         url=settings.redis_url,
         queue_name=queue_stream(queues[0]),
         additional_streams={queue_stream(q): ">" for q in queues[1:]},

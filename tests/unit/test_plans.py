@@ -80,7 +80,7 @@ def simulate(the_plan: Plan, want: Desired, actual: Actual) -> Actual:
         sid: ScheduleRecord(sid, payloads.get(sid), tuple(schedules.get(sid, ())))
         for sid in set(schedules) | set(payloads)
     }
-    return Actual(rows, records, statuses)
+    return Actual(rows, records, statuses, actual.unmanaged_names, actual.foreign_ids)
 
 
 def _row(config_id: int, task: DesiredTask) -> Row:
@@ -347,3 +347,15 @@ def test_apply_then_plan_again_is_empty(
 @given(state=desired_states)
 def test_a_state_planned_against_itself_is_empty(state: Desired) -> None:
     assert plan(state, applied_state(state, NOW, LAYOUT), NOW, LAYOUT).is_empty
+
+
+def test_status_key_without_a_row_is_removed_unless_someone_else_owns_the_id() -> None:
+    want = desired(cfg("a"))
+    _, after = converge(want, empty())
+    statuses = {**after.statuses, 41: "active", 42: "paused"}
+    leftover = Actual(after.rows, after.schedules, statuses, foreign_ids=frozenset({42}))
+    the_plan, repaired = converge(want, leftover)
+    assert the_plan.stray_statuses == (41,)
+    assert the_plan.summary()["stray_statuses"] == 1
+    assert set(repaired.statuses) == {1, 42}
+    assert plan(want, repaired, NOW, LAYOUT).is_empty

@@ -168,7 +168,7 @@ def test_text_expired_one_shots_are_warnings() -> None:
 
 def test_text_strays_are_listed_for_removal() -> None:
     text = render_text(mixed_plan())
-    assert "Stray schedules to remove" in text
+    assert "Stray schedules and status keys to remove" in text
     assert "- task_99  (in syncd:cron)" in text
 
 
@@ -307,7 +307,7 @@ def test_json_round_trips_with_the_documented_keys_and_counts() -> None:
     assert data["format_version"] == FORMAT_VERSION == 1
     assert data["summary"] == {
         "create": 1, "update": 1, "delete": 1, "unchanged": 4, "drift": 2,
-        "frozen": 0, "paused": 1, "expired": 1, "stray_schedules": 1,
+        "frozen": 0, "paused": 1, "expired": 1, "stray_schedules": 1, "stray_statuses": 0,
     }  # fmt: skip
     names = [c["name"] for c in data["changes"]]
     assert names == [
