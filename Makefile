@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DIR ?= taskdefs
 
 .DEFAULT_GOAL := test
-.PHONY: install run test lint typecheck bench schema check clean worker scheduler watch migrate
+.PHONY: reliability install run test lint typecheck bench schema check clean worker scheduler watch migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ scheduler: $(STAMP)
 watch: $(STAMP)
 	$(BIN)/syncd watch $(DIR)
 
+# The long versions of tests/reliability (CI runs the short ones with `make test`).
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/reliability
+
 lint: $(STAMP)
 	$(BIN)/ruff check syncd schemas worker tests bench
 	$(BIN)/ruff format --check syncd schemas worker tests bench
@@ -46,6 +50,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/validate_bench.py
+	$(BIN)/python bench/sync_bench.py
+	$(BIN)/python bench/watch_bench.py
+	$(BIN)/python bench/worker_bench.py
 
 schema: $(STAMP)
 	$(BIN)/syncd schema > schemas/taskdef.schema.json
