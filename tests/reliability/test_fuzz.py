@@ -495,13 +495,21 @@ def test_the_whole_corpus_stays_under_the_memory_bound(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: validation cost grows with the number of problems, unbounded: a 1 MB file "
-    "of 100,000 bad items takes ~550 MB and 6 s, 100,000 unknown keys ~540 MB and 10 s",
+@pytest.mark.parametrize(
+    "name",
+    [
+        "100k-item tasks list",
+        pytest.param(
+            "100k unknown keys",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="BUG: parsing a mapping of 100,000 keys (1 MB) peaks near 500 MB: the "
+                "per-key marks and nodes, before validation refuses the shape",
+            ),
+        ),
+    ],
 )
-@pytest.mark.parametrize("name", sorted(UNBOUNDED))
 def test_a_file_full_of_errors_is_validated_within_bounds(tmp_path: Path, name: str) -> None:
     path = write_cases(tmp_path, [name])[name]
     reports = probe_files([path])

@@ -298,3 +298,9 @@ def test_cache_reuses_unchanged_files(taskdefs: Path, write: WriteTaskdef) -> No
     assert second.files[0] is first.files[0]  # a.yaml: not parsed again
     assert second.files[1] is not first.files[1]
     assert [t.spec.name for t in second.tasks] == ["a", "b2"]
+
+
+def test_absurd_shapes_are_refused_before_validation(taskdefs: Path) -> None:
+    task = "  - {name: t, task_type: diagnostics.noop}\n"
+    (taskdefs / "a.yaml").write_text("version: 1\ntasks:\n" + task * 5001)
+    assert "5001 tasks in one file; at most 5000" in only_message(taskdefs)
