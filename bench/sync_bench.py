@@ -1,7 +1,7 @@
 """Benchmark `syncd sync` against the obvious per-item approach: 10,000 tasks in 100 files.
 
 What it measures, on private stores (tests/services.py: a fresh PostgreSQL database migrated
-with `syncd.migrate.migrate`, and a claimed Redis db; dropped and flushed afterwards), on
+with `syncd.adapters.migrate.migrate`, and a claimed Redis db; dropped and flushed afterwards), on
 the same generated taskdefs (bench/taskdefs_gen.py):
 
 - syncd, the real path: `reconcile_once(dir, stores, catalog(), now, options=...)` for
@@ -36,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,18 +54,21 @@ from taskiq_redis import ListRedisScheduleSource
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.taskdefs_gen import rewrite_file, write_tree
 from schemas.tables import TaskConfigModel
-from syncd.apply import apply_plan
-from syncd.cli import catalog
-from syncd.db_store import DbStore, parse_url
-from syncd.gitinfo import revision_of
-from syncd.keys import KeyLayout, schedule_id
-from syncd.load import LoadCache, LoadedTask, load_taskdefs
-from syncd.migrate import migrate
-from syncd.plans import DEFAULT_QUEUE, plan
-from syncd.reconcile import Outcome, Stores, SyncOptions, build_desired, read_actual, reconcile_once
-from syncd.redis_store import RedisOp, RedisStore
-from syncd.schedules import build_schedule
-from syncd.state import CONFIG_FIELDS, DesiredTask, TaskCatalog, TaskConfig, config_from_taskdef
+from syncd.adapters.migrate import migrate
+from syncd.adapters.postgres import DbStore, parse_url
+from syncd.adapters.redis import RedisStore
+from syncd.cli.common import catalog
+from syncd.core.guards import SyncOptions
+from syncd.core.keys import KeyLayout, schedule_id
+from syncd.core.model import (
+    CONFIG_FIELDS,
+    TaskCatalog,
+    TaskConfig,
+    config_from_taskdef,
+)
+from syncd.core.payloads import build_schedule
+from syncd.load.loader import LoadCache, LoadedTask, load_taskdefs
+from syncd.reconcile import Outcome, Stores, reconcile_once
 from tests.services import PG_ADMIN_DSN, REDIS_BASE, private_database, private_redis_db
 
 T = TypeVar("T")
@@ -200,93 +203,47 @@ class GcClock:
         gc.callbacks.remove(self)
 
 
-class TimedDbStore(DbStore):
-    """DbStore that adds the wall time of its `apply` to `seconds`."""
-
-    seconds: float = 0.0
-
-    def apply(
-        self,
-        creates: Sequence[DesiredTask],
-        updates: Sequence[tuple[int, DesiredTask]],
-        deletes: Sequence[int],
-        revision: str | None,
-    ) -> dict[str, int]:
-        start = time.perf_counter()
-        try:
-            return super().apply(creates, updates, deletes, revision)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-class TimedRedisStore(RedisStore):
-    """RedisStore that adds the wall time of its `apply` to `seconds`."""
-
-    seconds: float = 0.0
-
-    def apply(
-        self,
-        ops: Sequence[RedisOp],
-        chunk_size: int = 2000,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        start = time.perf_counter()
-        try:
-            super().apply(ops, chunk_size, on_progress)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-PIECES = (
-    "load + validate YAML",
-    "git revision probe",
-    "build desired",
-    "read actual (PG + Redis)",
-    "plan",
-    "PostgreSQL apply",
-    "build Redis ops",
-    "Redis apply",
-)
+PIECES = {
+    "load": "load + validate YAML",
+    "revision": "git revision probe",
+    "desired": "build desired",
+    "lock": "take the sync lock",
+    "read": "read actual (PG + Redis)",
+    "plan": "plan",
+    "postgresql": "PostgreSQL apply",
+    "redis_ops": "build Redis ops",
+    "redis": "Redis apply",
+}
 GC_SHARE = "(of which Python cyclic GC)"
 
 
-def instrumented_sync(
-    root: Path, stores: Stores, db: TimedDbStore, rs: TimedRedisStore, tasks: TaskCatalog
-) -> dict[str, float]:
-    """reconcile_once's steps one by one (without the sync lock and the guards)."""
-    now = datetime.now(UTC)
-    parts: dict[str, float] = {}
+def timed_sync(root: Path, stores: Stores, tasks: TaskCatalog) -> dict[str, float]:
+    """One real `reconcile_once`, its phases timed by its own `on_phase` hook."""
+    parts = dict.fromkeys(PIECES.values(), 0.0)
+
+    def on_phase(phase: str, seconds: float) -> None:
+        parts[PIECES[phase]] += seconds
+
     start = time.perf_counter()
     with GcClock() as gc_clock:
-        parts[PIECES[0]], loaded = timed(lambda: load_taskdefs(root, tasks.params, now=now))
-        parts[PIECES[1]], revision = timed(lambda: revision_of(root))
-        parts[PIECES[2]], desired = timed(lambda: build_desired(loaded, tasks, revision))
-        parts[PIECES[3]], actual = timed(lambda: read_actual(stores))
-        parts[PIECES[4]], the_plan = timed(lambda: plan(desired, actual, now, stores.layout))
-        db.seconds = rs.seconds = 0.0
-        applying = 0.0
-        if not the_plan.is_empty:
-            applying, _ = timed(lambda: apply_plan(the_plan, desired, db, rs, stores.layout))
-    parts[PIECES[5]] = db.seconds
-    parts[PIECES[6]] = applying - db.seconds - rs.seconds
-    parts[PIECES[7]] = rs.seconds
+        outcome = reconcile_once(
+            root, stores, tasks, datetime.now(UTC), options=OPTIONS, on_phase=on_phase
+        )
     parts["total"] = time.perf_counter() - start
     parts[GC_SHARE] = gc_clock.seconds
+    if outcome.refusals or outcome.loaded.errors:
+        fail(f"breakdown: {outcome.refusals or outcome.loaded.errors}")
     return parts
 
 
 def run_breakdown(root: Path, size: Size, tasks: TaskCatalog) -> dict[str, dict[str, float]]:
     write_tree(root, size.tasks, size.files)
-    layout = KeyLayout()
     with private_database() as db_url, private_redis_db() as redis_url:
         migrate(db_url)
-        # from_url builds `cls(...)`, so these are the Timed subclasses.
-        db = cast(TimedDbStore, TimedDbStore.from_url(db_url))
-        rs = cast(TimedRedisStore, TimedRedisStore.from_url(redis_url, layout))
-        stores = Stores(db, rs, layout)
+        stores = open_stores(db_url, redis_url)
         try:
-            first = instrumented_sync(root, stores, db, rs, tasks)
-            noop = instrumented_sync(root, stores, db, rs, tasks)
+            first = timed_sync(root, stores, tasks)
+            noop = timed_sync(root, stores, tasks)
         finally:
             stores.close()
     return {FIRST: first, NOOP: noop}
@@ -314,7 +271,7 @@ class NaiveClients:
     tasks: TaskCatalog
 
     def queue_of(self, config: TaskConfig) -> str:
-        return self.tasks.queues.get(config.task_type, DEFAULT_QUEUE)
+        return self.tasks.queue_for(config.task_type)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -517,9 +474,9 @@ def print_report(
     print("(per-item has no cache: its no-op / one-file time is repeated on the cache rows;")
     print(" ratio = per-item / syncd.)")
     print()
-    print("syncd breakdown (instrumented pass on fresh stores, no lock, no LoadCache), seconds:")
+    print("syncd breakdown (reconcile_once phases on fresh stores, no LoadCache), seconds:")
     print(f"  {'piece':<28} {'first sync':>10} {'no-op':>8}")
-    for piece in (*PIECES, "total", GC_SHARE):
+    for piece in (*PIECES.values(), "total", GC_SHARE):
         first, noop = median(parts[FIRST][piece]), median(parts[NOOP][piece])
         print(f"  {piece:<28} {first:10.3f} {noop:8.3f}")
 

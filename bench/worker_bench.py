@@ -31,12 +31,13 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taskiq.kicker import AsyncKicker
 
-from syncd.keys import queue_stream
-from syncd.migrate import migrate
-from syncd.schedules import schedule_labels
-from syncd.state import TaskConfig
+from syncd.adapters.migrate import migrate
+from syncd.core.keys import queue_stream
+from syncd.core.model import TaskConfig
+from syncd.core.payloads import schedule_labels
+from syncd.core.settings import Settings
 from tests.services import private_database, private_redis_db
-from worker.broker import CONSUMER_GROUP, WorkerSettings, make_broker
+from worker.broker import CONSUMER_GROUP, make_broker
 from worker.tasks import registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ def reset(stores: Stores) -> None:
 
 async def enqueue(stores: Stores, count: int, config_id: int) -> None:
     """Send `count` messages as `syncd run` would: the broker's kicker, the schedule labels."""
-    broker = make_broker(registry, WorkerSettings(redis_url=stores.redis_url))
+    broker = make_broker(registry, Settings(redis_url=stores.redis_url))
     await broker.startup()  # creates the consumer groups, as the worker's start-up would
     labels = schedule_labels(config_id, bench_config(), registry[TASK].queue)
     try:

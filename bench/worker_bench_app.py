@@ -6,7 +6,8 @@ benchmark can measure what recording costs: `taskiq worker bench.worker_bench_ap
 
 from __future__ import annotations
 
-from worker.broker import WorkerSettings, make_broker
+from syncd.core.settings import Settings
+from worker.broker import make_broker
 from worker.tasks import registry
 
-broker = make_broker(registry, WorkerSettings())
+broker = make_broker(registry, Settings())

@@ -1,8 +1,9 @@
 """SQLAlchemy models of the two PostgreSQL tables: `task_configs` and `task_executions`.
 
 The single source of the database layout: alembic's env.py and the drift test read
-`metadata`, `syncd.db_store` builds its Core statements from `task_configs`, the worker's
-recorder writes `task_executions`. Declarations only: no engine, no session, no I/O.
+`metadata`; `syncd.adapters.postgres` and `syncd.adapters.executions` build their Core
+statements from these tables, and so does the worker's recorder (through
+`syncd.adapters.pg.jsonb_records`). Declarations only: no engine, no session, no I/O.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from schemas.taskdef import SCHEDULER_TYPES
+
 # Deterministic constraint names, so the hand-written migration can name them and a later
 # migration can drop or alter them without looking them up in the catalog.
 NAMING_CONVENTION = {
@@ -42,7 +45,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-SCHEDULER_TYPES = ("cron", "interval", "date", "manual")
 MANAGED_BY_SYNCD = "syncd"
 
 
@@ -51,12 +53,13 @@ class Base(DeclarativeBase):
 
 
 class TaskConfigModel(Base):
-    """Static configuration of one task (DESIGN §1): no run state, no status column."""
+    """Static configuration of one task: no run state, no status column (Redis has it)."""
 
     __tablename__ = "task_configs"
     __table_args__ = (
         CheckConstraint(
-            "scheduler_type IN ('cron', 'interval', 'date', 'manual')", name="scheduler_type"
+            f"scheduler_type IN ({', '.join(repr(kind) for kind in SCHEDULER_TYPES)})",
+            name="scheduler_type",
         ),
         CheckConstraint("priority BETWEEN 1 AND 10", name="priority"),
     )

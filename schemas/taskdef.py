@@ -1,4 +1,4 @@
-"""Pydantic models of the taskdef format (DESIGN §4): what a file in `taskdefs/` may say.
+"""Pydantic models of the taskdef format: what a file in `taskdefs/` may say.
 
 Strict on purpose: unknown keys are errors, numbers are not coerced from strings, and a
 cron expression is stored in the normalised form the TaskIQ scheduler fires faithfully.
@@ -12,7 +12,7 @@ import re
 import zoneinfo
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -35,6 +35,10 @@ TASK_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 MAX_RETRIES_LIMIT = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_INTERVAL_SECONDS = 366 * 24 * 3600
+
+# How a task is scheduled, as `task_configs.scheduler_type` stores it (an `at` is a "date").
+SchedulerType = Literal["cron", "interval", "date", "manual"]
+SCHEDULER_TYPES: tuple[SchedulerType, ...] = get_args(SchedulerType)
 
 
 class StrictModel(BaseModel):
@@ -143,8 +147,8 @@ class TaskDef(StrictModel):
         return value
 
     @property
-    def scheduler_type(self) -> Literal["cron", "interval", "date", "manual"]:
-        """The `task_configs.scheduler_type` of this task (DESIGN §4)."""
+    def scheduler_type(self) -> SchedulerType:
+        """The `task_configs.scheduler_type` of this task."""
         if isinstance(self.schedule, CronSchedule):
             return "cron"
         if isinstance(self.schedule, IntervalSchedule):

@@ -1,30 +1,32 @@
-"""Operator actions on the live schedule: `syncd pause NAME`, `syncd resume NAME`.
+"""Operator actions on the live system: `syncd pause`, `syncd resume` and `syncd run`.
 
-Redis only (seed §5.3): a pause is the `paused` status, which the scheduler's `pre_send`
-honours at the next tick and which sync never undoes (DESIGN §6). Resuming restores the
-status the task's configuration implies; runs missed while paused are not sent, because
-the scheduler kept advancing its clock while it skipped them.
+A pause is the `paused` status in Redis, which the scheduler honours at the next tick and
+which sync never undoes. Resuming restores the status the task's configuration implies;
+runs missed while paused are not sent, because the scheduler kept advancing its clock
+while it skipped them. `run` enqueues one message exactly like the scheduler's for the
+task (same labels: retries, timeout, queue), marked `manual: true`; it does not touch the
+task's schedule or status.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
+from typing import Any
 
-from syncd.db_store import DbStore
-from syncd.errors import NotFound, SyncdError
-from syncd.redis_store import RedisStore
-from syncd.state import Row
+from redis.exceptions import RedisError
+from taskiq import AsyncBroker
+from taskiq.kicker import AsyncKicker
+
+from syncd.adapters.postgres import DbStore
+from syncd.adapters.redis import RedisStore
+from syncd.core.errors import NotFound, StoreUnavailable, SyncdError
+from syncd.core.model import Row, TaskCatalog
+from syncd.core.payloads import schedule_labels
 
 
 class NotPausable(SyncdError):
     """The task has no schedule to pause."""
-
-
-def _row(db: DbStore, name: str) -> Row:
-    row = db.get_row(name)
-    if row is None:
-        raise NotFound(f"no task named {name!r}")
-    return row
 
 
 def pause(db: DbStore, redis: RedisStore, name: str) -> str:
@@ -40,7 +42,39 @@ def pause(db: DbStore, redis: RedisStore, name: str) -> str:
 def resume(db: DbStore, redis: RedisStore, name: str, now: datetime) -> str:
     """Lift a pause; returns the status the task now has."""
     row = _row(db, name)
-    at = row.config.at_time()
-    status = "active" if row.config.is_scheduled and not (at and at <= now) else "inactive"
+    config = row.config
+    status = "active" if config.is_scheduled and not config.has_passed(now) else "inactive"
     redis.set_status(row.id, status)
     return status
+
+
+def trigger(db: DbStore, broker: AsyncBroker, catalog: TaskCatalog, name: str) -> str:
+    """Send one run of task `name` now; return the TaskIQ task id."""
+    row = _row(db, name, hint=" (run `syncd sync` first?)")
+    config = row.config
+    labels: dict[str, Any] = {
+        **schedule_labels(row.id, config, catalog.queue_for(config.task_type)),
+        "manual": True,
+    }
+    return asyncio.run(_kick(broker, config.task_type, labels, config.parameters))
+
+
+def _row(db: DbStore, name: str, hint: str = "") -> Row:
+    row = db.get_row(name)
+    if row is None:
+        raise NotFound(f"no task named {name!r}{hint}")
+    return row
+
+
+async def _kick(
+    broker: AsyncBroker, task_type: str, labels: dict[str, Any], kwargs: dict[str, Any]
+) -> str:
+    await broker.startup()
+    try:
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(task_type, broker, labels)
+        task = await kicker.kiq(**kwargs)
+    except (OSError, RedisError) as exc:  # redis-py's ConnectionError is no OSError
+        raise StoreUnavailable(f"cannot enqueue {task_type}: {exc}") from exc
+    finally:
+        await broker.shutdown()
+    return task.task_id

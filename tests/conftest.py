@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from tests.services import private_database, private_redis_db
 
 WriteTaskdef = Callable[[str, str], Path]
 
@@ -32,8 +35,6 @@ def write(taskdefs: Path) -> WriteTaskdef:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A private PostgreSQL database for this test session (empty: no schema)."""
-    from tests.services import private_database
-
     with private_database() as url:
         yield url
 
@@ -41,16 +42,12 @@ def database_url() -> Iterator[str]:
 @pytest.fixture
 def fresh_database_url() -> Iterator[str]:
     """A private PostgreSQL database for one test."""
-    from tests.services import private_database
-
     with private_database() as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def redis_session_url() -> Iterator[str]:
-    from tests.services import private_redis_db
-
     with private_redis_db() as url:
         yield url
 
@@ -58,8 +55,6 @@ def redis_session_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_session_url: str) -> str:
     """The session's private Redis database, flushed before each test."""
-    import redis
-
     client = redis.Redis.from_url(redis_session_url)
     client.flushdb()
     client.close()

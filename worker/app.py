@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from taskiq import TaskiqScheduler
 
-from syncd.settings import Settings
-from worker.broker import WorkerSettings, make_broker
-from worker.recorder import recorder_from_settings
+from syncd.core.settings import Settings
+from worker.broker import make_broker
+from worker.recording import recorder_from_settings
 from worker.schedule_source import SyncdScheduleSource
 from worker.tasks import registry
 
 settings = Settings()
-broker = make_broker(registry, WorkerSettings()).with_middlewares(recorder_from_settings(settings))
+broker = make_broker(registry, settings).with_middlewares(recorder_from_settings(settings))
 scheduler = TaskiqScheduler(broker, [SyncdScheduleSource(settings.redis_url, settings.layout)])

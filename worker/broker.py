@@ -1,7 +1,7 @@
 """The TaskIQ broker: Redis streams, one per queue the registry declares, at-least-once.
 
-`make_broker(settings)` builds a `RedisStreamBroker` (the only Redis broker with acks and
-redelivery, DESIGN §8) and registers every task of the registry under its task type.
+`make_broker(registry, settings)` builds a `RedisStreamBroker` (the only Redis broker of
+taskiq-redis with acks and redelivery) and registers every task of the registry under its task type.
 Messages are routed to a queue's stream by the `queue_name` label syncd puts on every
 schedule; a worker reads the streams of the queues it serves.
 """
@@ -13,15 +13,14 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, SimpleRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
-from syncd.keys import queue_stream
+from syncd.core.keys import queue_stream
+from syncd.core.settings import Settings
 from worker.registry import TaskRegistry, TaskType
 from worker.streams import StreamTrimmer
 
@@ -29,24 +28,6 @@ logger = logging.getLogger("syncd.worker")
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
 CONSUMER_GROUP = "syncd-workers"
-
-
-class WorkerSettings(BaseSettings):
-    """Broker tuning; every value is deliberate (see the comments)."""
-
-    model_config = SettingsConfigDict(env_prefix="SYNCD_", extra="ignore")
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Comma-separated queue names (SYNCD_WORKER_QUEUES=data,default); empty: every queue
-    # the registry declares.
-    worker_queues: str = ""
-    # A message held by a dead worker is re-delivered after this long; a task running
-    # longer than this is delivered again concurrently (DESIGN §8). One hour is above any
-    # sane task timeout; raise it for tasks that legitimately run longer.
-    idle_timeout_seconds: int = Field(default=3600, ge=10)
-    # Messages fetched per XREADGROUP: small, so busy workers don't hoard work that an
-    # idle worker could run (a fetched message is pending on this worker until acked).
-    xread_count: int = Field(default=10, ge=1)
 
 
 class ResilientStreamBroker(RedisStreamBroker):
@@ -82,11 +63,10 @@ class ResilientStreamBroker(RedisStreamBroker):
             logger.debug("cannot declare the consumer group yet: %s", exc)
 
 
-def make_broker(registry: TaskRegistry, settings: WorkerSettings | None = None) -> AsyncBroker:
+def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> AsyncBroker:
     """A broker with every registered task, reading the configured queues."""
-    settings = settings or WorkerSettings()
-    wanted = [q.strip() for q in settings.worker_queues.split(",") if q.strip()]
-    queues = served_queues(registry, wanted)
+    settings = settings or Settings()
+    queues = served_queues(registry, settings.queues)
     broker = ResilientStreamBroker(
         url=settings.redis_url,
         queue_name=queue_stream(queues[0]),
@@ -125,7 +105,9 @@ def register(broker: AsyncBroker, task_type: TaskType) -> None:
 
     async def run(**kwargs: Any) -> Any:
         params = task_type.params.model_validate(kwargs)
-        return await task_type.func(params)
+        if task_type.is_async:
+            return await task_type.func(params)
+        return await asyncio.to_thread(task_type.func, params)
 
     run.__name__ = task_type.name.replace(".", "_")
     run.__doc__ = task_type.func.__doc__

@@ -3,11 +3,17 @@
 Tasks register with `@task("cleanup.temp_files", params=CleanupParams, queue="default")`.
 syncd reads the registry as plain data (`params_models()`) to validate taskdefs; the
 broker module turns each entry into a TaskIQ task. Importing it connects to nothing.
+
+A task is a plain function of its validated parameters; the broker decides where it runs
+(blocking functions in a worker thread, coroutine functions on the event loop), so task
+modules need no asyncio and `syncd validate`, which imports them all, stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import inspect
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +22,7 @@ from pydantic import BaseModel
 from schemas.taskdef import TASK_TYPE_PATTERN
 
 P = TypeVar("P", bound=BaseModel)
-TaskFunc = Callable[[P], Awaitable[Any]]
+TaskFunc = Callable[[P], Any]  # returns the result, or an awaitable of it
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,12 @@ class TaskType:
     name: str
     params: type[BaseModel]
     queue: str
-    func: Callable[[Any], Awaitable[Any]]
+    func: Callable[[Any], Any]
+
+    @property
+    def is_async(self) -> bool:
+        """A coroutine function runs on the event loop; anything else blocks, in a thread."""
+        return inspect.iscoroutinefunction(self.func)
 
 
 class DuplicateTaskType(ValueError):
@@ -42,9 +53,7 @@ class TaskRegistry:
     def task(
         self, name: str, *, params: type[P], queue: str = "default"
     ) -> Callable[[TaskFunc[P]], TaskFunc[P]]:
-        """Decorator registering an async function that takes its validated parameters."""
-        import re
-
+        """Decorator registering a function that takes its validated parameters."""
         if not re.fullmatch(TASK_TYPE_PATTERN, name):
             raise ValueError(f"task type name {name!r} does not match {TASK_TYPE_PATTERN}")
 

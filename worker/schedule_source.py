@@ -1,7 +1,7 @@
 """The scheduler's view of Redis: syncd's schedules, fresh within a second, sent once.
 
 A `ListRedisScheduleSource` in syncd's key layout and JSON serializer (never pickle) that
-fixes the measured traps of DESIGN §8:
+fixes the measured traps of taskiq-redis (docs/architecture.md, "taskiq traps"):
 - `pre_send` cancels a fire whose task status is not `active` (pause and delete act at the
   next tick) and one another scheduler already claimed (SET NX per schedule and slot);
 - `get_schedules` costs one round trip when nothing changed (syncd bumps a version key),
@@ -29,7 +29,7 @@ from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource
 
 from schemas.cron import CronError, normalize_cron
-from syncd.keys import KeyLayout
+from syncd.core.keys import KeyLayout
 
 logger = logging.getLogger("syncd.scheduler")
 

@@ -1,6 +1,6 @@
 """Trim the queue streams safely: drop only entries every consumer group is done with.
 
-The broker keeps `maxlen=None` (length trimming drops messages nobody consumed yet, DESIGN §8),
+The broker keeps `maxlen=None` (length trimming drops messages nobody consumed yet),
 so acked entries would stay forever. `StreamTrimmer`, a middleware the broker adds, runs in
 worker processes and every minute (jittered) trims each served stream with `XTRIM MINID`
 below the oldest entry any group may still need (`safe_min_id`).

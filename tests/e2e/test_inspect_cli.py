@@ -97,8 +97,12 @@ def test_status_shows_every_state_and_agrees_with_plan(live: Cli) -> None:
         "once-task": ("inactive", "expired"),
         "frozen-task": ("active", "frozen"),
     }
-    assert found["drifted-task"]["sync_detail"] == ["schedule missing from Redis"]
-    assert found["changed-task"]["sync_detail"] == ["update: schedule_config"]
+    assert found["drifted-task"]["sync_detail"] == [
+        {"code": "schedule_missing", "message": "schedule missing from Redis"}
+    ]
+    assert found["changed-task"]["sync_detail"] == [
+        {"code": "git_update", "message": "update: schedule_config"}
+    ]
     # The live schedule is still the applied one until a sync.
     assert found["changed-task"]["schedule"] == {
         "kind": "cron", "enabled": True, "expression": "0 0 * * 0", "timezone": "UTC",
@@ -125,7 +129,7 @@ def test_status_text_table_and_one_task(live: Cli) -> None:
     assert "every 60s" in rows["paused-task"]
     assert "paused" in rows["paused-task"]
     assert "— (paused)" in rows["paused-task"]
-    assert "cron 30 2 * * * Europe/Berlin" in rows["active-task"]
+    assert "cron 30 2 * * * (Europe/Berlin)" in rows["active-task"]
     assert "frozen" in rows["frozen-task"]
     assert "drift" in rows["drifted-task"]
     assert "  drifted-task: schedule missing from Redis" in lines

@@ -142,10 +142,10 @@ def test_drift_is_repaired(cli: Cli) -> None:
         conn.execute("UPDATE task_configs SET priority = 1 WHERE name = 'a'")
     plan = cli.plan_json()
     assert summary(plan)["drift"] == 3  # a, b, and the stray
-    drift = {c["name"]: c["drift"] for c in plan["changes"]}
-    assert "schedule missing from Redis" in drift["a"]
-    assert any("row edited" in d for d in drift["a"])
-    assert "status key missing" in drift["b"]
+    drift = {c["name"]: [d["code"] for d in c["drift"]] for c in plan["changes"]}
+    assert "schedule_missing" in drift["a"]
+    assert "row_edited" in drift["a"]
+    assert "status_missing" in drift["b"]
     sync(cli)
     assert cli.plan_json()["summary"]["drift"] == 0
     assert sorted(client.lrange("syncd:interval", 0, -1)) == sorted(

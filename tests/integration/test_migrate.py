@@ -14,9 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Engine, create_engine, inspect, text
 
 from schemas.tables import metadata
-from syncd.db_store import DbStore
-from syncd.errors import SchemaMissing, StoreUnavailable
-from syncd.migrate import MigrateResult, current_revision, head_revision, migrate
+from syncd.adapters.migrate import MigrateResult, current_revision, head_revision, migrate
+from syncd.adapters.postgres import DbStore
+from syncd.core.errors import SchemaMissing, StoreUnavailable
 from tests.services import PG_URL_BASE, drop_database
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"

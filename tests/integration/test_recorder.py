@@ -16,8 +16,9 @@ import pytest
 from psycopg.rows import dict_row
 from taskiq import Context, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends
 
-from syncd.migrate import migrate
-from worker.recorder import ExecutionRecord, ExecutionRecorder, PostgresSink
+from syncd.adapters.migrate import migrate
+from syncd.core.model import Execution
+from worker.recording import ExecutionRecorder, PostgresSink
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 KILL_OTHERS = (
@@ -150,7 +151,7 @@ async def add_config(url: str) -> int:
 
 
 def labels(config_id: int, max_retries: int = 1, **extra: Any) -> dict[str, Any]:
-    """What syncd.schedules puts on every message."""
+    """What syncd.core.payloads puts on every message."""
     return {
         "config_id": config_id,
         "task_name": "some-task",
@@ -251,8 +252,16 @@ async def test_an_unknown_config_id_is_stored_as_null(migrated_url: str, spool: 
 async def test_writing_a_record_twice_stores_it_once(migrated_url: str) -> None:
     """A flush whose commit went unobserved, or a redelivered message, is sent again."""
     now = datetime.now(UTC)
-    record = ExecutionRecord(
-        None, uuid.uuid4().hex, 1, True, now, now + timedelta(seconds=1), 1.0, [1], None, None
+    record = Execution(
+        config_id=None,
+        task_id=uuid.uuid4().hex,
+        attempt=1,
+        is_success=True,
+        started_at=now,
+        completed_at=now + timedelta(seconds=1),
+        duration_seconds=1.0,
+        error_message=None,
+        result=[1],
     )
     sink = PostgresSink(migrated_url)
     try:

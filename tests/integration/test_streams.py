@@ -17,7 +17,8 @@ from taskiq import AckableMessage, InMemoryBroker
 from taskiq.kicker import AsyncKicker
 from taskiq.utils import maybe_awaitable
 
-from worker.broker import WorkerSettings, make_broker
+from syncd.core.settings import Settings
+from worker.broker import make_broker
 from worker.streams import GroupState, StreamId, StreamTrimmer, safe_min_id, trim_stream
 from worker.tasks import registry
 
@@ -124,7 +125,7 @@ async def test_approximate_trimming_never_cuts_above_the_bound(client: Redis) ->
 
 
 async def test_with_the_real_broker_only_acked_messages_go(client: Redis, redis_url: str) -> None:
-    broker = make_broker(registry, WorkerSettings(redis_url=redis_url))
+    broker = make_broker(registry, Settings(redis_url=redis_url))
     await broker.startup()  # creates the consumer groups, as a worker does
     stream = "syncd-queue:default"
     labels = {"queue_name": stream}
@@ -195,6 +196,6 @@ async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) 
 
 
 def test_make_broker_trims_every_served_stream() -> None:
-    broker = make_broker(registry, WorkerSettings(redis_url="redis://127.0.0.1:1/0"))
+    broker = make_broker(registry, Settings(redis_url="redis://127.0.0.1:1/0"))
     (trimmer,) = [m for m in broker.middlewares if isinstance(m, StreamTrimmer)]
     assert trimmer.streams == [f"syncd-queue:{q}" for q in registry.queues()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.migrate import migrate
+from syncd.adapters.migrate import migrate
 from tests.reliability.support import Stores
 
 HERE = Path(__file__).resolve().parent

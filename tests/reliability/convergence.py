@@ -1,8 +1,8 @@
 """The convergence checker of the reliability tests: do the stores hold EXACTLY what the YAML says?
 
 Reads PostgreSQL (psycopg, not syncd's adapter) and Redis (raw commands) independently and
-compares them with the taskdefs as `syncd.load` reads them: every managed row and its fields,
-source and hash; every schedule payload against `syncd.schedules.build_schedule`; each schedule
+compares them with the taskdefs as `syncd.load.loader` reads them: every managed row and its fields,
+source and hash; every schedule payload against `syncd.core.payloads.build_schedule`; each schedule
 id listed once, in the right index list only; every status key; nothing else under the prefix.
 Returns a list of discrepancies (empty: converged), so tests can also prove it catches each.
 """
@@ -21,12 +21,11 @@ import psycopg
 import redis
 
 from schemas.tables import MANAGED_BY_SYNCD
-from syncd.cli import catalog
-from syncd.keys import KeyLayout, schedule_id
-from syncd.load import LoadedTask, load_taskdefs
-from syncd.plans import DEFAULT_QUEUE
-from syncd.schedules import build_schedule, index_key
-from syncd.state import CONFIG_FIELDS, TaskConfig
+from syncd.cli.common import catalog
+from syncd.core.keys import KeyLayout, schedule_id
+from syncd.core.model import CONFIG_FIELDS, DEFAULT_QUEUE, TaskConfig
+from syncd.core.payloads import build_schedule, index_key
+from syncd.load.loader import LoadedTask, load_taskdefs
 
 LAYOUT = KeyLayout()
 # Keys a running system may hold outside the schedule prefix and the status keys: the

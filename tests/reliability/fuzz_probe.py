@@ -22,9 +22,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from syncd.cli import catalog
-from syncd.load import load_taskdefs, parse_file
-from syncd.problems import Problem
+from syncd.cli.common import catalog
+from syncd.core.problems import Problem
+from syncd.load.loader import load_taskdefs, parse_file
 
 PARSE_AGAIN_BELOW = 1_000_000  # parse_file again (on top of load_taskdefs) only below this
 

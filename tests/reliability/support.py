@@ -32,10 +32,11 @@ import redis
 from psycopg import sql
 
 from bench.taskdefs_gen import rewrite_file, write_tree
-from syncd.cli import catalog
+from syncd.cli.common import catalog
+from syncd.core.guards import SyncOptions
+from syncd.core.settings import Settings
 from syncd.reconcile import Stores as SyncdStores
-from syncd.reconcile import SyncOptions, reconcile_once
-from syncd.settings import Settings
+from syncd.reconcile import reconcile_once
 from tests.e2e.conftest import REPO
 from tests.reliability.convergence import LAYOUT, assert_converged, libpq_url
 

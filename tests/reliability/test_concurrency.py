@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from bench.taskdefs_gen import rewrite_file
-from syncd.migrate import migrate
+from syncd.adapters.migrate import migrate
 from tests.reliability.convergence import check_convergence, libpq_url
 from tests.reliability.support import (
     Stores,

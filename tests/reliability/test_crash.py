@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from bench.taskdefs_gen import write_tree
-from syncd.migrate import migrate
+from syncd.adapters.migrate import migrate
 from tests.reliability.convergence import (
     assert_converged,
     check_convergence,

@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.taskdefs_gen import task_yaml
-from syncd.cli import catalog
-from syncd.load import load_taskdefs, parse_file
-from syncd.problems import Problem
+from syncd.cli.common import catalog
+from syncd.core.problems import Problem
+from syncd.load.loader import load_taskdefs, parse_file
+from syncd.load.yamlsafe import parse_document
 from tests.e2e.conftest import REPO
 from tests.reliability import corpus
 from tests.reliability.support import EXTRAS, record, size
@@ -523,14 +524,12 @@ def test_a_file_full_of_errors_is_validated_within_bounds(tmp_path: Path, name: 
 def test_the_property_catches_a_loader_that_raises(
     where: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncd.yamlsafe import parse_document as real
-
     def fragile(text: str) -> Any:
         if not text.endswith("\n"):
             raise KeyError("no final newline")  # the kind of bug the property must find
-        return real(text)
+        return parse_document(text)
 
-    monkeypatch.setattr("syncd.load.parse_document", fragile)
+    monkeypatch.setattr("syncd.load.loader.parse_document", fragile)
 
     @settings(max_examples=500, database=None, deadline=None)
     @given(mutated())

@@ -20,10 +20,11 @@ import psycopg
 import pytest
 import redis
 
-from syncd.cli import catalog
-from syncd.db_store import DbStore
-from syncd.migrate import migrate
-from syncd.trigger import trigger
+from syncd.adapters.migrate import migrate
+from syncd.adapters.postgres import DbStore
+from syncd.cli.common import catalog
+from syncd.core.settings import Settings
+from syncd.operate import trigger
 from tests.reliability.convergence import check_convergence, libpq_url
 from tests.reliability.support import (
     Background,
@@ -47,7 +48,7 @@ from tests.reliability.support import (
     writes_blocked,
 )
 from tests.services import PG_ADMIN_DSN
-from worker.broker import WorkerSettings, make_broker
+from worker.broker import make_broker
 from worker.tasks import registry
 
 SIZES = [
@@ -226,15 +227,15 @@ tasks:
 
 
 class Kicker:
-    """`syncd run NAME` in process (syncd.trigger.trigger, what the CLI command calls)."""
+    """`syncd run NAME` in process (syncd.operate.trigger, what the CLI command calls)."""
 
     def __init__(self, stores: Stores) -> None:
         self._db = DbStore.from_url(stores.database_url)
-        self._broker = make_broker(registry, WorkerSettings(redis_url=stores.redis_url))
-        self._queues = dict(catalog().queues)
+        self._broker = make_broker(registry, Settings(redis_url=stores.redis_url))
+        self._catalog = catalog()
 
     def run(self, name: str) -> str:
-        return trigger(self._db, self._broker, self._queues, name)
+        return trigger(self._db, self._broker, self._catalog, name)
 
     def close(self) -> None:
         self._db.close()

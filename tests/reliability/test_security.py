@@ -16,21 +16,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import pytest
 import redis
 
-from syncd.cli import catalog
-from syncd.keys import KeyLayout
-from syncd.load import load_taskdefs
-from syncd.redis_store import UNREADABLE, RedisStore
+from syncd.adapters.redis import UNREADABLE, RedisStore
+from syncd.cli.common import catalog
+from syncd.core.keys import KeyLayout
+from syncd.core.model import Execution
+from syncd.core.settings import Settings
+from syncd.load.loader import load_taskdefs
 from tests.e2e.conftest import REPO
 from tests.reliability.convergence import assert_converged, libpq_url
 from tests.reliability.support import Stores, run_syncd
-from worker.broker import WorkerSettings, make_broker
-from worker.recorder import ExecutionRecord, PostgresSink
+from worker.broker import make_broker
+from worker.recording import PostgresSink
 from worker.schedule_source import SyncdScheduleSource
 from worker.tasks import registry
 
@@ -142,7 +144,7 @@ def test_nothing_that_reads_redis_unpickles(
     assert "Traceback" not in plan.stderr + status.stderr
     # the scheduler's reader, and the worker's message decoding
     assert len(asyncio.run(scheduler_view(stores.redis_url))) == 1  # only the intact one
-    broker = make_broker(registry, WorkerSettings(redis_url=stores.redis_url))
+    broker = make_broker(registry, Settings(redis_url=stores.redis_url))
     with pytest.raises(UnicodeDecodeError):  # not JSON (not even UTF-8): refused, not unpickled
         broker.formatter.loads(payload)
     assert "pickle" not in type(broker.serializer).__name__.lower()
@@ -381,7 +383,7 @@ def test_sql_injection_strings_round_trip_exactly(stores: Stores, tmp_path: Path
     assert_converged(root, stores.database_url, stores.redis_url)
     # The recorder's statement too (errors and results are task-controlled text).
     records = [
-        ExecutionRecord(
+        Execution(
             config_id=None,
             task_id=f"sql-{name}",
             attempt=1,
@@ -406,7 +408,7 @@ def test_sql_injection_strings_round_trip_exactly(stores: Stores, tmp_path: Path
     assert table_count(stores.database_url) == tables
 
 
-async def write_records(database_url: str, records: list[ExecutionRecord]) -> None:
+async def write_records(database_url: str, records: list[Execution]) -> None:
     sink = PostgresSink(database_url)
     try:
         await sink.write(records)
@@ -435,7 +437,7 @@ SQL_SINKS = frozenset({"text", "execute", "executemany", "exec_driver_sql", "exe
 SQL_ALLOWED: dict[tuple[str, str], str] = {
     # psycopg's sql.SQL(...).format(sql.Identifier(name)) quotes the identifier itself:
     # the documented safe way to put a database name in CREATE DATABASE.
-    ("syncd/migrate.py", "ensure_database"): "sql.SQL composition with sql.Identifier",
+    ("syncd/adapters/migrate.py", "ensure_database"): "sql.SQL composition with sql.Identifier",
 }
 
 
@@ -509,8 +511,8 @@ def _call_verdict(call: ast.Call, scope: Scope, depth: int) -> str:
         return "composed" if is_sql else "built"
     if isinstance(func, ast.Attribute) and func.attr in {"join", "replace", "__mod__"}:
         return "built"
-    if ast.unparse(func) == "sql.SQL":
-        return verdict(call.args[0], scope, depth + 1) if call.args else "unknown"
+    if (wrapped := _wrapped(call)) is not None:
+        return verdict(wrapped, scope, depth + 1) if wrapped else "unknown"
     root = _root_name(func)
     if root in CONSTRUCTORS:
         return "construct"
@@ -521,6 +523,26 @@ def _call_verdict(call: ast.Call, scope: Scope, depth: int) -> str:
     inner = Scope({**scope.module, **_bindings(helper)}, scope.functions, scope.module)
     returns = [n.value for n in ast.walk(helper) if isinstance(n, ast.Return) and n.value]
     return _worst([verdict(v, inner, depth + 1) for v in returns])
+
+
+def _wrapped(call: ast.Call) -> ast.expr | Literal[False] | None:
+    """What a wrapper call's SQL is judged by: `x` of `sql.SQL(x)`, and `stmt` of
+    `str(stmt.compile(...))` (the SQL text of a compiled statement is as safe as the
+    statement: every value stays a bound parameter). False for a wrapper without an
+    argument, None when `call` is no wrapper."""
+    name = ast.unparse(call.func)
+    if name == "sql.SQL":
+        return call.args[0] if call.args else False
+    if name == "str" and len(call.args) == 1:
+        return _compiled(call.args[0])
+    return None
+
+
+def _compiled(expr: ast.expr) -> ast.expr | None:
+    """`X` of an `X.compile(...)` call, else None."""
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+        return expr.func.value if expr.func.attr == "compile" else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -595,6 +617,8 @@ def test_sql_is_never_built_from_strings() -> None:
         "conn.execute(' '.join(parts))",
         "conn.execute(sql.SQL('DROP TABLE {}').format(sql.Identifier(n)))",  # not allow-listed
         "conn.execute(query_from_somewhere)",
+        "conn.execute(str(statement_from_somewhere.compile()))",
+        "q = str(f'SELECT {column}'.compile())\nconn.execute(q)",
     ],
 )
 def test_the_sql_scan_catches(source: str) -> None:
@@ -612,6 +636,8 @@ def test_the_sql_scan_allows_literals_and_constructs() -> None:
             conn.execute(select(t.c.id).where(t.c.name == x))
             stmt = delete(t).where(t.c.id == x)
             conn.execute(stmt)
+            compiled = str(insert(t).values(a=x).compile(dialect=dialect))
+            conn.execute(compiled, {"a": x})
             sa.text("''")
         """
     )

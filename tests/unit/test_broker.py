@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from taskiq_redis import RedisStreamBroker
 
-from worker.broker import WorkerSettings, make_broker, served_queues
+from syncd.core.settings import Settings
+from worker.broker import make_broker, served_queues
 from worker.tasks import registry
 
 
 def test_serves_every_declared_queue_by_default() -> None:
-    broker = make_broker(registry, WorkerSettings(worker_queues=""))
+    broker = make_broker(registry, Settings(worker_queues=""))
     assert isinstance(broker, RedisStreamBroker)
     streams = {broker.queue_name, *broker.additional_streams}
     assert streams == {f"syncd-queue:{q}" for q in registry.queues()}
@@ -18,7 +19,7 @@ def test_serves_every_declared_queue_by_default() -> None:
 
 
 def test_delivery_settings_never_drop_work() -> None:
-    broker = make_broker(registry, WorkerSettings(idle_timeout_seconds=900, xread_count=5))
+    broker = make_broker(registry, Settings(idle_timeout_seconds=900, xread_count=5))
     assert isinstance(broker, RedisStreamBroker)
     assert broker.maxlen is None  # length trimming would drop unconsumed messages
     assert broker.consumer_id == "0"  # a late consumer group still gets earlier messages
@@ -27,7 +28,7 @@ def test_delivery_settings_never_drop_work() -> None:
 
 
 def test_queue_subset_from_a_comma_separated_setting() -> None:
-    broker = make_broker(registry, WorkerSettings(worker_queues="data, default"))
+    broker = make_broker(registry, Settings(worker_queues="data, default"))
     assert isinstance(broker, RedisStreamBroker)
     assert {broker.queue_name, *broker.additional_streams} == {
         "syncd-queue:data",

@@ -47,7 +47,7 @@ def value_text(draw: st.DrawFn, field: Field) -> str:
 def range_text(draw: st.DrawFn, field: Field) -> str:
     """`A-B`, `A-B/S`, or (not in day-of-week, where it is refused) `A/S`."""
     low, high, _ = field
-    # Equal ranges (`5-5`) stay out: croniter reads them as the whole field (DESIGN §8).
+    # Equal ranges (`5-5`) stay out: croniter reads them as the whole field.
     start = draw(st.integers(low, high - 1))
     end = draw(st.one_of(st.just(high), st.integers(start + 1, high)))
     start_text = draw(st.sampled_from(spellings(field, start)))

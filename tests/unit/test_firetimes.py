@@ -1,4 +1,4 @@
-"""Next fire times (`syncd.firetimes`) and how plans render them: cron as the TaskIQ scheduler
+"""Next fire times (`syncd.core.firetimes`) and how plans render them: cron as the TaskIQ scheduler
 fires it (DST included), intervals as estimates, one-shots, and the markdown/text views."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from zoneinfo import ZoneInfo
 import pycron
 import pytest
 
-from syncd.firetimes import format_local, is_approximate, next_fire_times, timezone_of
-from syncd.plans import FieldChange, Plan, TaskPlan, diff_configs
-from syncd.render import render_markdown, render_text
-from syncd.state import TaskConfig
+from syncd.core.firetimes import is_approximate, next_fire_times, timezone_of
+from syncd.core.model import TaskConfig
+from syncd.core.plan import FieldChange, Plan, TaskPlan, diff_configs
+from syncd.views.plan_markdown import render_markdown
+from syncd.views.plan_text import render_text
+from syncd.views.text import format_local
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

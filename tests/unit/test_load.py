@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.load import MAX_FILE_BYTES, LoadCache, load_taskdefs
+from syncd.load.loader import MAX_FILE_BYTES, LoadCache, load_taskdefs
 from tests.conftest import WriteTaskdef
 from worker.tasks import registry
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,12 +20,8 @@ class TempFilesParams(Params):
 
 
 @task("cleanup.temp_files", params=TempFilesParams, queue="default")
-async def temp_files(params: TempFilesParams) -> dict[str, int | bool]:
+def temp_files(params: TempFilesParams) -> dict[str, int | bool]:
     """Delete regular files under `path` matching `pattern` not modified for `older_than_days`."""
-    return await asyncio.to_thread(_remove_old_files, params)
-
-
-def _remove_old_files(params: TempFilesParams) -> dict[str, int | bool]:
     root = Path(params.path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -51,12 +46,9 @@ class EmptyDirsParams(Params):
 
 
 @task("cleanup.empty_dirs", params=EmptyDirsParams, queue="default")
-async def empty_dirs(params: EmptyDirsParams) -> dict[str, int]:
+def empty_dirs(params: EmptyDirsParams) -> dict[str, int]:
     """Remove empty directories below `path` (never `path` itself)."""
-    return await asyncio.to_thread(_remove_empty_dirs, Path(params.path))
-
-
-def _remove_empty_dirs(root: Path) -> dict[str, int]:
+    root = Path(params.path)
     removed = 0
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 from pathlib import Path
@@ -21,11 +20,11 @@ class CsvSummaryParams(Params):
 
 
 @task("data.csv_summary", params=CsvSummaryParams, queue="data")
-async def csv_summary(params: CsvSummaryParams) -> dict[str, float | int]:
+def csv_summary(params: CsvSummaryParams) -> dict[str, float | int]:
     """Count rows and sum / min / max one numeric column of a CSV file."""
-    summary = await asyncio.to_thread(_summarise, Path(params.source), params.column)
+    summary = _summarise(Path(params.source), params.column)
     if params.output:
-        await asyncio.to_thread(Path(params.output).write_text, json.dumps(summary))
+        Path(params.output).write_text(json.dumps(summary))
     return summary
 
 
@@ -52,9 +51,9 @@ class DirectoryUsageParams(Params):
 
 
 @task("data.directory_usage", params=DirectoryUsageParams, queue="data")
-async def directory_usage(params: DirectoryUsageParams) -> dict[str, int]:
+def directory_usage(params: DirectoryUsageParams) -> dict[str, int]:
     """Count files and bytes under a directory (capacity reports)."""
-    return await asyncio.to_thread(_usage, Path(params.path), params.pattern)
+    return _usage(Path(params.path), params.pattern)
 
 
 def _usage(root: Path, pattern: str) -> dict[str, int]:

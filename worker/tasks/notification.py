@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import urllib.request
@@ -23,12 +22,9 @@ class WebhookParams(Params):
 
 
 @task("notification.webhook", params=WebhookParams, queue="notifications")
-async def webhook(params: WebhookParams) -> dict[str, int]:
+def webhook(params: WebhookParams) -> dict[str, int]:
     """POST `payload` as JSON to `url`; a non-2xx answer fails the task (and so retries)."""
-    status = await asyncio.to_thread(
-        _post_json, str(params.url), params.payload, params.timeout_seconds
-    )
-    return {"status": status}
+    return {"status": _post_json(str(params.url), params.payload, params.timeout_seconds)}
 
 
 def _post_json(url: str, payload: dict[str, JsonValue], timeout: float) -> int:
@@ -46,7 +42,7 @@ class LogMessageParams(Params):
 
 
 @task("notification.log", params=LogMessageParams, queue="notifications")
-async def log_message(params: LogMessageParams) -> dict[str, str]:
+def log_message(params: LogMessageParams) -> dict[str, str]:
     """Write a message to the worker log (heartbeats, reminders)."""
     logger.log(logging.getLevelNamesMapping()[params.level.upper()], "%s", params.message)
     return {"logged": params.message[:200]}

@@ -1,0 +1,291 @@
+"""syncd's schedules and statuses in Redis: bulk reads and chunked, atomic writes.
+
+The reconcile reads every schedule and status through `RedisStore` and hands it the
+plan's writes as `RedisOp`s; `pause` and `resume` use it to set a status.
+It does not decide what to write, never unpickles anything, and lets no redis exception out.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+
+from syncd.core.errors import StoreUnavailable
+from syncd.core.keys import STATUSES, KeyLayout
+from syncd.core.model import ScheduleRecord
+
+SCAN_COUNT = 1000
+MGET_CHUNK = 1000
+UNREADABLE: dict[str, Any] = {"__unreadable__": True}
+
+
+@dataclass(frozen=True)
+class PutSchedule:
+    """Register or replace a schedule: afterwards its id is listed once, in `index_key`."""
+
+    payload: dict[str, Any]  # ScheduledTask JSON (core.payloads.build_schedule)
+    index_key: str  # the list it must be in (core.payloads.index_key)
+    current_lists: tuple[str, ...] = ()  # lists the id is in now (may repeat)
+
+    @property
+    def schedule_id(self) -> str:
+        return str(self.payload["schedule_id"])
+
+
+@dataclass(frozen=True)
+class RemoveSchedule:
+    """Delete a schedule's data and every index entry naming it."""
+
+    schedule_id: str
+    current_lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SetStatus:
+    config_id: int
+    status: str  # active | paused | inactive
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+
+@dataclass(frozen=True)
+class DeleteStatus:
+    config_id: int
+
+
+RedisOp = PutSchedule | RemoveSchedule | SetStatus | DeleteStatus
+
+
+class RedisStore:
+    """Schedules (taskiq-redis ListRedisScheduleSource layout, JSON) and status keys.
+
+    `client` must return bytes (no `decode_responses`); `from_url` builds a suitable one.
+    """
+
+    def __init__(self, client: redis.Redis, layout: KeyLayout, url_for_messages: str = "") -> None:
+        self._client = client
+        self._layout = layout
+        self._url = url_for_messages or _describe_client(client)
+
+    @classmethod
+    def from_url(cls, url: str, layout: KeyLayout | None = None) -> RedisStore:
+        """A store with bounded timeouts and a few quick retries, so a dead Redis fails fast."""
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            encoding_errors="surrogateescape",  # ids read back as str are written back intact
+        )
+        return cls(client, layout or KeyLayout(), redact_url(url))
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        with self._translated():
+            self._client.ping()
+
+    def close(self) -> None:
+        with self._translated():
+            self._client.close()
+
+    # -- reads ---------------------------------------------------------------------
+
+    def read_schedules(self) -> dict[str, ScheduleRecord]:
+        """Every schedule id under the prefix, with its data and each list entry naming it.
+
+        Bulk, not a snapshot: a one-shot the scheduler fires meanwhile may show half-deleted.
+        """
+        with self._translated():
+            listed = self._read_lists()
+            payloads = self._read_data()
+        ids = dict.fromkeys([*listed, *payloads])
+        return {
+            sid: ScheduleRecord(sid, payloads.get(sid), tuple(listed.get(sid, ()))) for sid in ids
+        }
+
+    def read_statuses(self) -> dict[int, str]:
+        """Raw status value per config id; keys with a non-integer suffix are ignored."""
+        with self._translated():
+            keys = self._scan(self._layout.status_pattern)
+            values = self._mget(keys)
+        statuses: dict[int, str] = {}
+        for key, value in zip(keys, values, strict=True):
+            config_id = _status_config_id(self._layout, key)
+            if config_id is not None and value is not None:
+                statuses[config_id] = value.decode("utf-8", "replace")
+        return statuses
+
+    def get_status(self, config_id: int) -> str | None:
+        with self._translated():
+            value = cast(bytes | None, self._client.get(self._layout.status_key(config_id)))
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def _read_lists(self) -> dict[str, list[str]]:
+        """schedule id -> list keys naming it, once per occurrence (one round trip + SCAN)."""
+        layout = self._layout
+        time_keys = sorted(self._scan(layout.time_pattern, kind="list"))
+        list_keys = [layout.cron_key, layout.interval_key, *time_keys]
+        pipe = self._client.pipeline(transaction=False)
+        for key in list_keys:
+            pipe.lrange(key, 0, -1)
+        listed: dict[str, list[str]] = {}
+        for key, entries in zip(list_keys, pipe.execute(), strict=True):
+            for entry in cast(list[bytes], entries):
+                listed.setdefault(_text(entry), []).append(key)
+        return listed
+
+    def _read_data(self) -> dict[str, dict[str, Any]]:
+        keys = self._scan(self._layout.data_pattern)
+        values = self._mget(keys)
+        return {
+            self._layout.schedule_id_of_data_key(key): _parse_payload(value)
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        }
+
+    def _scan(self, pattern: str, kind: str | None = None) -> list[str]:
+        found = self._client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind)
+        return list(dict.fromkeys(_text(key) for key in cast(Iterator[bytes], found)))
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of `keys` in order: MGETs of MGET_CHUNK keys, all in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(keys), MGET_CHUNK):
+            pipe.mget(keys[start : start + MGET_CHUNK])
+        chunks = cast(list[list[bytes | None]], pipe.execute())
+        return [value for chunk in chunks for value in chunk]
+
+    # -- writes --------------------------------------------------------------------
+
+    def apply(
+        self,
+        ops: Sequence[RedisOp],
+        chunk_size: int = 2000,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run `ops` in order, `chunk_size` per MULTI/EXEC; `on_progress(done)` after each.
+
+        A crash or lost connection leaves each chunk all-or-nothing, and every op is
+        idempotent, so a retried chunk ends the same. Redis does not roll back a command that
+        fails inside EXEC (e.g. WRONGTYPE): the rest of that chunk applies, then this raises.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        for start in range(0, len(ops), chunk_size):
+            chunk = ops[start : start + chunk_size]
+            with self._translated():
+                pipe = self._client.pipeline(transaction=True)
+                for op in chunk:
+                    self._queue(pipe, op)
+                # Schedulers poll this key: unchanged means their cached list is current. A
+                # fresh token, not INCR: junk written to the key must not wedge every sync.
+                pipe.set(self._layout.version_key, uuid.uuid4().hex)
+                pipe.execute()
+            if on_progress is not None:
+                on_progress(start + len(chunk))
+
+    def set_status(self, config_id: int, status: str) -> None:
+        self.apply([SetStatus(config_id, status)])
+
+    def _queue(self, pipe: Pipeline, op: RedisOp) -> None:
+        layout = self._layout
+        if isinstance(op, PutSchedule):
+            sid = op.schedule_id
+            pipe.set(layout.data_key(sid), json.dumps(op.payload, separators=(",", ":")))
+            # Already listed exactly once in the right list (read under the sync lock): only
+            # the data changed. LREM scans the whole list, so skipping it keeps bulk updates
+            # linear instead of quadratic.
+            if op.current_lists != (op.index_key,):
+                _lrem_all(pipe, sid, {*op.current_lists, op.index_key})
+                pipe.rpush(op.index_key, sid)
+        elif isinstance(op, RemoveSchedule):
+            pipe.delete(layout.data_key(op.schedule_id))
+            lists = {*op.current_lists, layout.cron_key, layout.interval_key}
+            _lrem_all(pipe, op.schedule_id, lists)
+        elif isinstance(op, SetStatus):
+            pipe.set(layout.status_key(op.config_id), op.status)
+        else:
+            pipe.delete(layout.status_key(op.config_id))
+
+    def _translated(self) -> AbstractContextManager[None]:
+        return translate_errors(f"Redis at {self._url}")
+
+
+@contextmanager
+def translate_errors(where: str) -> Iterator[None]:
+    """Re-raise any redis-py error as StoreUnavailable naming `where` (never the password)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"{where}: {exc}") from exc
+
+
+def _lrem_all(pipe: Pipeline, schedule_id: str, lists: Iterable[str]) -> None:
+    for key in sorted(lists):
+        pipe.lrem(key, 0, schedule_id)
+
+
+def _parse_payload(raw: bytes) -> dict[str, Any]:
+    """JSON object or the UNREADABLE marker (pickle or other junk is never deserialised)."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return dict(UNREADABLE)
+    return value if isinstance(value, dict) else dict(UNREADABLE)
+
+
+def _status_config_id(layout: KeyLayout, key: str) -> int | None:
+    suffix = key.removeprefix(layout.status_prefix)
+    # ASCII only: str.isdigit() accepts '²' (int() fails) and '١٢' (int() gives 12).
+    if not (suffix.isascii() and suffix.isdigit()):
+        return None
+    return layout.config_id_of_status_key(key)
+
+
+def _text(raw: bytes) -> str:
+    # surrogateescape: a key or id that is not UTF-8 round-trips through from_url's client.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (in the user info or a `password=` query), for messages."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and all(key != "password" for key, _ in query):
+        return url
+    kept = urlencode([(key, value) for key, value in query if key != "password"])
+    netloc = f"{user}@{hostport}" if user else hostport
+    return urlunsplit(parts._replace(netloc=netloc, query=kept))
+
+
+def _describe_client(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

@@ -1,0 +1,141 @@
+"""`syncd up`: everything on one machine, in the foreground, for a first look or a demo.
+
+Checks that PostgreSQL and Redis answer (and says exactly what to do when they don't),
+migrates, then runs the daemon (whose first reconcile syncs the taskdefs), the scheduler
+and a worker as child processes with prefixed output until Ctrl-C. Production runs these
+processes separately (README: Deployment); this module only supervises them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from syncd.adapters.migrate import migrate
+from syncd.adapters.redis import RedisStore
+from syncd.core.errors import StoreUnavailable
+from syncd.core.settings import Settings
+
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_REDIS = "redis-server --daemonize yes --port 6379 --save '' --appendonly no"
+
+
+def prepare_stores(settings: Settings) -> list[str]:
+    """Migrate PostgreSQL and ping Redis; one piece of advice per store that does not answer."""
+    advice = []
+    try:
+        migrate(settings.database_url)
+    except StoreUnavailable as exc:
+        advice.append(
+            f"{exc}\n  start PostgreSQL (e.g. `{START_POSTGRES}`) or set "
+            "SYNCD_DATABASE_URL=postgresql+psycopg://USER@HOST:PORT/DB"
+        )
+    try:
+        store = RedisStore.from_url(settings.redis_url, settings.layout)
+        store.ping()
+        store.close()
+    except StoreUnavailable as exc:
+        advice.append(
+            f"{exc}\n  start Redis (e.g. `{START_REDIS}`) or set "
+            "SYNCD_REDIS_URL=redis://HOST:PORT/DB"
+        )
+    return advice
+
+
+def processes(taskdefs: str, http_port: int) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "watch": [python, "-m", "syncd.cli", "watch", taskdefs, "--http-port", str(http_port)],
+        "scheduler": [
+            python,
+            "-m",
+            "taskiq",
+            "scheduler",
+            "worker.app:scheduler",
+            "--update-interval",
+            "1",
+        ],
+        "worker": [python, "-m", "taskiq", "worker", "worker.app:broker", "--workers", "1"],
+    }
+
+
+def _pump(name: str, stream: IO[bytes]) -> None:
+    for line in stream:
+        sys.stdout.write(f"{name:>9} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def supervise(commands: dict[str, list[str]]) -> int:
+    """Run the commands until Ctrl-C (or SIGTERM) or until one exits; stop the rest cleanly."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    children = {
+        name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for name, argv in commands.items()
+    }
+    for name, child in children.items():
+        if child.stdout is not None:
+            threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
+    try:
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        exited = [n for n, c in children.items() if c.poll() is not None]
+        print(f"{', '.join(exited)} exited; stopping the others", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 0
+    _stop(children.values())
+    return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(children: Iterable[subprocess.Popen[bytes]]) -> None:
+    running = [c for c in children if c.poll() is None]
+    for child in running:
+        child.send_signal(signal.SIGINT)  # the scheduler exits cleanly on SIGINT only
+    deadline = time.monotonic() + 15
+    for child in running:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def demo_directory() -> None:
+    """The bundled taskdefs work on /tmp/syncd-demo; give them something to look at."""
+    root = Path("/tmp/syncd-demo")  # noqa: S108 - a demo playground, named in taskdefs/
+    root.mkdir(exist_ok=True)
+    sales = root / "sales.csv"
+    if not sales.exists():
+        sales.write_text("day,amount\nmon,120.5\ntue,98\nwed,143.25\n")
+
+
+def up(taskdefs: str, http_port: int) -> int:
+    advice = prepare_stores(Settings())
+    if advice:
+        for line in advice:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    demo_directory()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(
+        f"stores ok; starting daemon, scheduler and worker on {taskdefs} (Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    return supervise(processes(taskdefs, http_port))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return up(args.dir, args.http_port)

@@ -1,0 +1,60 @@
+"""Settings shared by every syncd process: CLI, daemon, scheduler and worker.
+
+One pydantic settings model read from the environment (`SYNCD_*`) and overridden by
+command-line flags, so one environment configures every process the same way. Reading
+the environment is all it does; it connects to nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from syncd.core.keys import DEFAULT_SCHEDULE_PREFIX, DEFAULT_STATUS_PREFIX, KeyLayout
+
+
+class Settings(BaseSettings):
+    """Where the stores are, how syncd names its keys, and how a worker behaves."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCD_", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/syncd"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    schedule_prefix: str = Field(default=DEFAULT_SCHEDULE_PREFIX, pattern=r"^[^:]+$")
+    status_prefix: str = DEFAULT_STATUS_PREFIX
+    max_deletes: int = Field(default=10, ge=0)
+
+    # -- the worker ------------------------------------------------------------------
+    # Comma-separated queue names (SYNCD_WORKER_QUEUES=data,default); empty: every queue
+    # the registry declares.
+    worker_queues: str = ""
+    # A message held by a dead worker is re-delivered after this long; a task running
+    # longer than this is delivered again concurrently. One hour is above any sane task
+    # timeout; raise it for tasks that legitimately run longer.
+    idle_timeout_seconds: int = Field(default=3600, ge=10)
+    # Messages fetched per XREADGROUP: small, so busy workers don't hoard work that an
+    # idle worker could run (a fetched message is pending on this worker until acked).
+    xread_count: int = Field(default=10, ge=1)
+    # Where the recorder spools executions it could not write yet (SYNCD_RECORDER_SPOOL);
+    # None: a per-user file under the temporary directory.
+    recorder_spool: Path | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str) -> str:
+        # Accept the plain libpq form too; syncd always talks through psycopg 3.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+psycopg://" + value.removeprefix(plain)
+        return value
+
+    @property
+    def layout(self) -> KeyLayout:
+        return KeyLayout(prefix=self.schedule_prefix, status_prefix=self.status_prefix)
+
+    @property
+    def queues(self) -> list[str]:
+        """SYNCD_WORKER_QUEUES as a list (empty: all)."""
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]

@@ -1,0 +1,299 @@
+"""Load `taskdefs/`: read every YAML file, validate it, and collect every problem at once.
+
+Called by the CLI (`validate`, `plan`, `sync`) and the daemon. Reading is the only I/O
+here; everything after `read_file` works on bytes, so results can be cached per file by
+content digest and a daemon re-parses only what changed. It does not touch any store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.taskdef import TaskDef
+from syncd.core.gcpause import gc_paused
+from syncd.core.model import Desired, DesiredTask, TaskCatalog, TaskConfig, config_from_taskdef
+from syncd.core.problems import Problem
+from syncd.load.validate import validate_document
+from syncd.load.yamlsafe import YamlProblem, parse_document
+
+MAX_FILE_BYTES = 5 * 1024 * 1024
+YAML_SUFFIXES = (".yaml", ".yml")
+
+TaskTypes = Mapping[str, type[BaseModel]]
+"""The worker's registry as data: task_type -> pydantic model of its parameters."""
+
+
+@dataclass(frozen=True)
+class LoadedTask:
+    """A valid task and where it was declared."""
+
+    spec: TaskDef
+    source: str  # path relative to the taskdefs root: stored in task_configs.source_file
+    path: str  # path as the user named it, for messages
+    line: int
+
+    @cached_property
+    def config(self) -> TaskConfig:
+        """The row this task becomes; cached with the file, so a daemon reconciling an
+        unchanged file reuses the config and its content hash."""
+        return config_from_taskdef(self.spec)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    source: str
+    path: str
+    digest: str
+    tasks: tuple[LoadedTask, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def is_valid(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Everything found under one taskdefs directory."""
+
+    root: str
+    files: tuple[FileResult, ...]
+    problems: tuple[Problem, ...]  # all of them, sorted; per-file ones and cross-file ones
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+    @property
+    def tasks(self) -> tuple[LoadedTask, ...]:
+        """Tasks of valid files only; a broken file contributes nothing (it is frozen)."""
+        broken = self.broken_sources
+        return tuple(t for f in self.files if f.source not in broken for t in f.tasks)
+
+    @property
+    def broken_sources(self) -> frozenset[str]:
+        """Files with at least one error, cross-file ones (duplicate names) included."""
+        paths = {p.path for p in self.errors}
+        return frozenset(f.source for f in self.files if f.path in paths)
+
+    def declared_at(self, name: str) -> str | None:
+        """`path:line` of the valid task named `name`, or None."""
+        for task in self.tasks:
+            if task.spec.name == name:
+                return f"{task.path}:{task.line}"
+        return None
+
+
+def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None) -> Desired:
+    """What git says, as the planner takes it: the valid tasks, and which files are broken."""
+    tasks = {t.spec.name: DesiredTask(t.config, t.source, t.line, t.path) for t in loaded.tasks}
+    # Any error, even one not tied to a file (a missing directory), suspends pruning.
+    broken = loaded.broken_sources or (frozenset({"<taskdefs>"}) if loaded.errors else frozenset())
+    return Desired(tasks, broken, catalog.queues, revision)
+
+
+@dataclass
+class LoadCache:
+    """Per-file results by content digest, so a daemon re-validates only changed files."""
+
+    entries: dict[tuple[str, str], FileResult] = field(default_factory=dict)
+
+
+def find_taskdef_files(root: Path) -> list[Path]:
+    """Every *.yaml / *.yml below root, recursively, in a stable order; hidden dirs skipped."""
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.suffix in YAML_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_taskdefs(
+    root: Path | str,
+    task_types: TaskTypes | None,
+    now: datetime | None = None,
+    cache: LoadCache | None = None,
+) -> LoadResult:
+    """Load and validate the whole directory; never raises for bad content."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        problem = Problem(
+            str(root), 0, 0, "taskdefs directory does not exist or is not a directory"
+        )
+        return LoadResult(str(root), (), (problem,))
+    with gc_paused():
+        files = [
+            load_file(path, root_path, task_types, cache) for path in find_taskdef_files(root_path)
+        ]
+        return _assemble(str(root), files, now)
+
+
+def load_taskdef_blobs(
+    blobs: Mapping[str, bytes],
+    shown_root: str,
+    task_types: TaskTypes | None,
+    now: datetime | None = None,
+) -> LoadResult:
+    """Like load_taskdefs, for files held in memory (e.g. read from a git ref)."""
+    names = sorted(
+        n
+        for n in blobs
+        if n.endswith(YAML_SUFFIXES) and not any(part.startswith(".") for part in n.split("/"))
+    )
+    files = [_checked_blob(blobs[n], n, f"{shown_root}/{n}", task_types) for n in names]
+    return _assemble(shown_root, files, now)
+
+
+def _checked_blob(raw: bytes, source: str, shown: str, task_types: TaskTypes | None) -> FileResult:
+    if len(raw) > MAX_FILE_BYTES:
+        return _failed(
+            source, shown, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}"
+        )
+    return parse_file(raw, source, shown, task_types)
+
+
+def _assemble(root: str, files: list[FileResult], now: datetime | None) -> LoadResult:
+    problems = [p for f in files for p in f.problems]
+    problems += duplicate_name_problems(files)
+    if now is not None:
+        problems += expired_at_warnings(files, now)
+    return LoadResult(root, tuple(files), tuple(sorted(problems)))
+
+
+def load_file(
+    path: Path, root: Path, task_types: TaskTypes | None, cache: LoadCache | None = None
+) -> FileResult:
+    source = path.relative_to(root).as_posix()
+    shown = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return _failed(
+                source, shown, "", f"file is {size} bytes; the limit is {MAX_FILE_BYTES}"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        return _failed(source, shown, "", f"cannot read file: {exc.strerror or exc}")
+    return parse_file(raw, source, shown, task_types, cache)
+
+
+def parse_file(
+    raw: bytes,
+    source: str,
+    shown: str,
+    task_types: TaskTypes | None,
+    cache: LoadCache | None = None,
+) -> FileResult:
+    """Validate one file's bytes (cached by digest when a cache is given)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    if cache is not None and (hit := cache.entries.get((source, digest))) is not None:
+        return hit if hit.path == shown else _reshown(hit, shown)
+    result = _parse_uncached(raw, source, shown, digest, task_types)
+    if cache is not None:
+        cache.entries[(source, digest)] = result
+    return result
+
+
+def _parse_uncached(
+    raw: bytes, source: str, shown: str, digest: str, task_types: TaskTypes | None
+) -> FileResult:
+    text, problem = decode_utf8(raw)
+    if problem is not None:
+        return _failed(source, shown, digest, problem[2], line=problem[0], col=problem[1])
+    if not text.strip():
+        return _failed(source, shown, digest, "file is empty (expected 'version: 1' and 'tasks:')")
+    try:
+        data, marks = parse_document(text)
+    except YamlProblem as exc:
+        return _failed(source, shown, digest, exc.message, line=exc.line + 1, col=exc.col + 1)
+    if data is None:
+        return _failed(
+            source, shown, digest, "file has no content (expected 'version: 1' and 'tasks:')"
+        )
+    found = validate_document(data, marks, task_types)
+    problems = tuple(Problem(shown, line, col, msg) for line, col, msg in found.problems)
+    tasks = tuple(LoadedTask(spec, source, shown, line) for spec, line in found.tasks)
+    return FileResult(source, shown, digest, tasks if not problems else (), problems)
+
+
+def decode_utf8(raw: bytes) -> tuple[str, tuple[int, int, str] | None]:
+    """Decode strictly; on failure say where (line, col) the first bad byte is."""
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = raw[exc.start]
+        return "", (line, col, f"not UTF-8 text (byte 0x{byte:02x}); is this a binary file?")
+
+
+def _failed(
+    source: str, shown: str, digest: str, message: str, *, line: int = 1, col: int = 1
+) -> FileResult:
+    return FileResult(source, shown, digest, (), (Problem(shown, line, col, message),))
+
+
+def _reshown(result: FileResult, shown: str) -> FileResult:
+    problems = tuple(Problem(shown, p.line, p.col, p.message, p.severity) for p in result.problems)
+    tasks = tuple(LoadedTask(t.spec, t.source, shown, t.line) for t in result.tasks)
+    for old, new in zip(result.tasks, tasks, strict=True):
+        new.__dict__["config"] = old.config  # keep the cached config (and its hash)
+    return FileResult(result.source, shown, result.digest, tasks, problems)
+
+
+def duplicate_name_problems(files: Iterable[FileResult]) -> list[Problem]:
+    """A name declared twice is an error at every declaration, naming the other place."""
+    by_name: dict[str, list[LoadedTask]] = {}
+    for file in files:
+        for task in file.tasks:
+            by_name.setdefault(task.spec.name, []).append(task)
+    problems = []
+    for name, tasks in by_name.items():
+        if len(tasks) < 2:
+            continue
+        for task in tasks:
+            others = ", ".join(f"{o.path}:{o.line}" for o in tasks if o is not task)
+            problems.append(
+                Problem(
+                    task.path,
+                    task.line,
+                    1,
+                    f"duplicate task name {name!r} (also declared at {others})",
+                )
+            )
+    return problems
+
+
+def expired_at_warnings(files: Iterable[FileResult], now: datetime) -> list[Problem]:
+    """A one-shot `at` already in the past validates, with a warning: it is never registered."""
+    return [
+        Problem(
+            task.path,
+            task.line,
+            1,
+            f"task {task.spec.name!r}: 'at' {_iso(task.spec.at_time())} has passed; it will not be "
+            "registered (a one-shot schedule never fires twice)",
+            "warning",
+        )
+        for file in files
+        for task in file.tasks
+        if task.config.has_passed(now)
+    ]
+
+
+def _iso(when: datetime | None) -> str:
+    return "" if when is None else when.isoformat()

@@ -1,0 +1,62 @@
+"""`syncd history`: finished attempts as a table or JSON, and the `--since` parser. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from syncd.core.model import Execution
+from syncd.views.text import first_line, format_duration, format_time, iso_utc, shorten, table
+
+ERROR_MAX = 80  # characters of an error's first line in a table
+_SINCE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`30m`, `1h`, `2d`, `1w`, `45s` before `now`, or an ISO timestamp (naive means UTC)."""
+    if match := _SINCE.match(text):
+        amount, unit = int(match.group(1)), match.group(2)
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 1h, 2d) nor an ISO timestamp"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def history_text(executions: Sequence[Execution]) -> str:
+    if not executions:
+        return "No executions.\n"
+    headers = ("COMPLETED (UTC)", "TASK", "ATTEMPT", "RESULT", "DURATION", "ERROR")
+    rows = [
+        [
+            format_time(e.completed_at),
+            e.name or f"(deleted task {e.config_id or '?'})",
+            str(e.attempt),
+            "ok" if e.is_success else "FAILED",
+            format_duration(e.duration_seconds),
+            shorten(first_line(e.error_message), ERROR_MAX),
+        ]
+        for e in executions
+    ]
+    return table(headers, rows) + "\n"
+
+
+def execution_json(execution: Execution) -> dict[str, Any]:
+    return {
+        "id": execution.id,
+        "name": execution.name,
+        "config_id": execution.config_id,
+        "task_id": execution.task_id,
+        "attempt": execution.attempt,
+        "success": execution.is_success,
+        "started_at": iso_utc(execution.started_at),
+        "completed_at": iso_utc(execution.completed_at),
+        "duration_seconds": execution.duration_seconds,
+        "error_message": execution.error_message,
+    }

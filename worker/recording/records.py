@@ -1,0 +1,134 @@
+"""Building one execution record from what taskiq hands the recorder, bounded and storable.
+
+A record is a `syncd.core.model.Execution` (the `task_executions` row type syncd reads
+back): every text is cut to a bound and cleaned of what PostgreSQL refuses (NUL, lone
+surrogates), the result becomes a JSON value, a timeout gets the message the CLI shows.
+`record_json` / `record_from_json` are its form in a spool file and in the INSERT.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from taskiq import TaskiqMessage
+
+from syncd.core.model import Execution
+
+MAX_RESULT_BYTES = 64 * 1024
+RESULT_PREVIEW_CHARS = 1000
+MAX_TRACEBACK_CHARS = 20 * 1024
+MAX_MESSAGE_CHARS = 4 * 1024
+TASK_ID_CHARS = 64  # task_executions.task_id is String(64)
+# "\u0000" escapes not preceded by an odd number of backslashes: PostgreSQL's jsonb refuses them.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+# The columns the recorder writes (id and created_at are the database's).
+WRITTEN = (
+    "config_id",
+    "task_id",
+    "attempt",
+    "is_success",
+    "started_at",
+    "completed_at",
+    "duration_seconds",
+    "result",
+    "error_message",
+    "error_traceback",
+)
+_TIMES = ("started_at", "completed_at")
+
+
+def record_json(record: Execution) -> dict[str, Any]:
+    """The written columns as JSON values (times as ISO 8601)."""
+    row = {name: getattr(record, name) for name in WRITTEN}
+    for name in _TIMES:
+        row[name] = getattr(record, name).isoformat()
+    return row
+
+
+def record_from_json(row: dict[str, Any]) -> Execution:
+    values = {name: row[name] for name in WRITTEN}
+    for name in _TIMES:
+        values[name] = datetime.fromisoformat(row[name])
+    return Execution(**values)
+
+
+def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
+    """Bounded, and storable by PostgreSQL: no NUL, no lone surrogate (either fails a batch)."""
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = f"[{cut} chars cut]\n" + text[-limit:] if keep_tail else text[:limit]
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def json_result(value: Any) -> Any:
+    """The task's return value as a JSON value: non-JSON values stringified, big ones cut."""
+    try:
+        text = json.dumps(value, default=str, allow_nan=False, ensure_ascii=False)
+    except Exception:  # NaN, circular, non-str keys, a __str__ that raises
+        text = json.dumps(_safe_repr(value), ensure_ascii=False)
+    text = _NUL_ESCAPE.sub(r"\1\\ufffd", text).encode("utf-8", "replace").decode("utf-8")
+    size = len(text.encode("utf-8"))
+    if size > MAX_RESULT_BYTES:
+        return {"truncated": True, "bytes": size, "preview": text[:RESULT_PREVIEW_CHARS]}
+    return json.loads(text)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[: MAX_RESULT_BYTES // 2]
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def error_message(exc: BaseException, timeout: float | None, elapsed: float | None) -> str:
+    # taskiq's `timeout` label raises a bare TimeoutError (anyio.fail_after); a TimeoutError
+    # before the deadline came from the task itself and keeps its own message.
+    if isinstance(exc, TimeoutError) and _reached(elapsed, timeout):
+        return f"TimeoutError: timed out after {timeout:g} s"
+    text = str(exc)
+    name = type(exc).__name__
+    return clean_text(f"{name}: {text}" if text else name, MAX_MESSAGE_CHARS)
+
+
+def _reached(elapsed: float | None, timeout: float | None) -> bool:
+    # 10 ms of slack for clock granularity; elapsed starts in pre_execute, before the deadline.
+    return elapsed is not None and timeout is not None and elapsed >= timeout - 0.01
+
+
+def format_traceback(exc: BaseException) -> str:
+    # The tail holds the raising frame and the final exception: keep that end.
+    text = "".join(traceback.format_exception(exc))
+    return clean_text(text, MAX_TRACEBACK_CHARS, keep_tail=True)
+
+
+def label_number(labels: dict[str, Any], name: str) -> float | None:
+    try:
+        return float(labels[name])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def config_id_label(labels: dict[str, Any]) -> int | None:
+    number = label_number(labels, "config_id")
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def attempt_number(message: TaskiqMessage) -> int:
+    # SimpleRetryMiddleware re-kicks with the same task_id and counts earlier tries in _retries.
+    return int(label_number(message.labels, "_retries") or 0) + 1
+
+
+@dataclass
+class Attempt:
+    """What pre_execute and on_error learn about one running attempt, for post_execute."""
+
+    message: TaskiqMessage
+    number: int
+    started_at: datetime
+    clock: float | None
+    error: BaseException | None = None
