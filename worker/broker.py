@@ -16,12 +16,21 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, AsyncBroker, SimpleRetryMiddleware
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    Context,
+    SimpleRetryMiddleware,
+    TaskiqDepends,
+    TaskiqEvents,
+    TaskiqState,
+)
 from taskiq_redis import RedisStreamBroker
 
 from syncd.core.keys import queue_stream
 from syncd.core.settings import Settings
 from worker.registry import TaskRegistry, TaskType
+from worker.runner import Limits, Runner
 from worker.streams import StreamTrimmer
 
 logger = logging.getLogger("syncd.worker")
@@ -85,8 +94,21 @@ def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> Asy
         # With maxlen=None this is what keeps the streams bounded: it trims consumed entries only.
         StreamTrimmer(settings.redis_url, [queue_stream(q) for q in queues]),
     )
+    runner = Runner(
+        Limits(
+            concurrency=settings.worker_concurrency,
+            per_type=settings.task_type_concurrency,
+            memory_mb=settings.task_memory_mb,
+            default_timeout=settings.default_timeout_seconds,
+        )
+    )
+
+    async def stop_children(state: TaskiqState) -> None:
+        runner.close()
+
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, stop_children)
     for task_type in registry:
-        register(broker, task_type)
+        register(broker, task_type, runner)
     return broker
 
 
@@ -100,14 +122,18 @@ def served_queues(registry: TaskRegistry, wanted: Sequence[str]) -> list[str]:
     return sorted(set(wanted))
 
 
-def register(broker: AsyncBroker, task_type: TaskType) -> None:
-    """Register a task type: the kwargs sent are validated into its parameter model."""
+def register(broker: AsyncBroker, task_type: TaskType, runner: Runner) -> None:
+    """Register a task type: the kwargs sent are validated into its parameter model.
 
-    async def run(**kwargs: Any) -> Any:
+    A coroutine task runs on the event loop (a timeout cancels it); a blocking one runs in
+    a child process of the runner, which can stop it (worker.runner).
+    """
+
+    async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
         params = task_type.params.model_validate(kwargs)
         if task_type.is_async:
             return await task_type.func(params)
-        return await asyncio.to_thread(task_type.func, params)
+        return await runner.run(task_type.name, kwargs, context.message.labels.get("timeout"))
 
     run.__name__ = task_type.name.replace(".", "_")
     run.__doc__ = task_type.func.__doc__

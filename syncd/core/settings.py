@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     # Where the recorder spools executions it could not write yet (SYNCD_RECORDER_SPOOL);
     # None: a per-user file under the temporary directory.
     recorder_spool: Path | None = None
+    # Blocking attempts run in child processes: at most this many at once per worker
+    # process, and at most `task_type_concurrency` of one task type, so one slow type
+    # cannot take every slot.
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    task_type_concurrency: int = Field(default=2, ge=1, le=256)
+    # The hard deadline of an attempt whose taskdef sets no `timeout_seconds`.
+    default_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # Address-space limit of the process running one attempt (RLIMIT_AS, MiB).
+    task_memory_mb: int = Field(default=1024, ge=128)
 
     @field_validator("database_url")
     @classmethod

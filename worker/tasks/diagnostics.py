@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -65,3 +67,32 @@ async def flaky(params: FlakyParams) -> dict[str, int]:
     if calls <= params.failures:
         raise DiagnosticFailure(f"call {calls} of {params.failures} planned failures")
     return {"calls": calls}
+
+
+class BusyParams(Params):
+    seconds: Annotated[float, Field(ge=0, le=3600)]
+    ignore_soft_limit: bool = False
+
+
+@task("diagnostics.busy", params=BusyParams, queue="default")
+def busy(params: BusyParams) -> dict[str, float]:
+    """Block (in the worker's child process) for `seconds`; with `ignore_soft_limit`, swallow
+    the soft deadline and go on blocking, so only the hard deadline stops it."""
+    end = time.monotonic() + params.seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            time.sleep(min(left, 0.05))
+        except Exception:
+            if not params.ignore_soft_limit:
+                raise
+    return {"busy": params.seconds}
+
+
+class ExitParams(Params):
+    code: Annotated[int, Field(ge=0, le=255)] = 3
+
+
+@task("diagnostics.exit", params=ExitParams, queue="default")
+def exit_process(params: ExitParams) -> None:
+    """End the process running the attempt at once, as a crash would."""
+    os._exit(params.code)

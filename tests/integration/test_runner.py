@@ -1,0 +1,126 @@
+"""worker.runner: blocking attempts in child processes that deadlines and limits can stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from worker.runner import ChildDied, Limits, MemoryLimitExceeded, RemoteError, Runner
+
+T = TypeVar("T")
+
+
+def with_runner(body: Callable[[Runner], Awaitable[T]], **limits: Any) -> T:
+    """Run `body` with a runner of two slots, one per task type, 256 MiB, 30 s default."""
+    values = {"concurrency": 2, "per_type": 1, "memory_mb": 256, "default_timeout": 30.0}
+
+    async def main() -> T:
+        pool = Runner(Limits(**{**values, **limits}))
+        try:
+            return await body(pool)
+        finally:
+            pool.close()
+
+    return asyncio.run(main())
+
+
+def test_a_blocking_task_runs_in_a_reused_child(tmp_path: Path) -> None:
+    async def body(pool: Runner) -> tuple[object, object, int]:
+        first = await pool.run("cleanup.temp_files", {"path": str(tmp_path), "dry_run": True}, 5)
+        second = await pool.run("diagnostics.busy", {"seconds": 0}, 5)
+        return first, second, pool.replaced
+
+    first, second, replaced = with_runner(body)
+    assert first == {"removed": 0, "bytes_freed": 0, "dry_run": True}
+    assert second == {"busy": 0}
+    assert replaced == 0
+
+
+def test_the_soft_deadline_raises_in_the_task_and_the_attempt_times_out() -> None:
+    async def body(pool: Runner) -> float:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="timed out after 5 s"):
+            await pool.run("diagnostics.busy", {"seconds": 30}, 5)
+        return time.monotonic() - start
+
+    took = with_runner(body)
+    assert 4.0 <= took < 5.0  # the soft deadline (at 4.5 s) comes before the hard one
+
+
+def test_the_hard_deadline_kills_a_task_that_ignores_the_soft_one() -> None:
+    async def body(pool: Runner) -> tuple[float, int, object]:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="timed out after 2 s"):
+            await pool.run("diagnostics.busy", {"seconds": 30, "ignore_soft_limit": True}, 2)
+        took = time.monotonic() - start
+        after = await pool.run("diagnostics.busy", {"seconds": 0}, 5)  # a fresh child
+        return took, pool.replaced, after
+
+    took, replaced, after = with_runner(body)
+    assert 2.0 <= took < 3.0
+    assert replaced == 1
+    assert after == {"busy": 0}
+
+
+def test_a_task_without_a_timeout_gets_the_default() -> None:
+    async def body(pool: Runner) -> None:
+        with pytest.raises(TimeoutError, match="timed out after 1 s"):
+            await pool.run("diagnostics.busy", {"seconds": 30, "ignore_soft_limit": True}, None)
+
+    with_runner(body, default_timeout=1.0)
+
+
+def test_memory_over_the_limit_fails_the_attempt_only(tmp_path: Path) -> None:
+    async def body(pool: Runner) -> object:
+        with pytest.raises(MemoryLimitExceeded, match="memory limit of 256 MiB"):
+            await pool.run("data.csv_summary", {"source": "/dev/zero", "column": "a"}, 20)
+        return await pool.run("diagnostics.busy", {"seconds": 0}, 5)
+
+    assert with_runner(body) == {"busy": 0}
+
+
+def test_a_task_error_keeps_its_name_and_the_childs_traceback(tmp_path: Path) -> None:
+    async def body(pool: Runner) -> BaseException:
+        with pytest.raises(RemoteError) as caught:
+            await pool.run("cleanup.temp_files", {"path": str(tmp_path / "missing")}, 5)
+        return caught.value
+
+    error = with_runner(body)
+    assert type(error).__name__ == "FileNotFoundError"
+    assert "is not a directory" in str(error)
+    assert isinstance(error, RemoteError)
+    assert "temp_files" in error.remote_traceback
+
+
+def test_a_child_that_dies_fails_its_attempt_and_is_replaced() -> None:
+    async def body(pool: Runner) -> object:
+        with pytest.raises(ChildDied, match="exit code 3"):
+            await pool.run("diagnostics.exit", {"code": 3}, 5)
+        return await pool.run("diagnostics.busy", {"seconds": 0}, 5)
+
+    assert with_runner(body) == {"busy": 0}
+
+
+def test_one_task_type_cannot_take_every_slot() -> None:
+    """Two slots, one per type: a second `busy` waits, a task of another type does not."""
+
+    async def body(pool: Runner) -> tuple[float, float]:
+        start = time.monotonic()
+        slow = asyncio.create_task(pool.run("diagnostics.busy", {"seconds": 3}, 10))
+        queued = asyncio.create_task(pool.run("diagnostics.busy", {"seconds": 0}, 10))
+        await asyncio.sleep(0.3)
+        await pool.run("data.directory_usage", {"path": "/nonexistent-dir"}, 10)
+        other = time.monotonic() - start
+        await queued
+        same = time.monotonic() - start
+        await slow
+        return other, same
+
+    other, same = with_runner(body)
+    assert other < 2.0  # another type ran while the first busy one held its type's slot
+    assert same >= 3.0  # the second busy one waited for the first

@@ -1,0 +1,255 @@
+"""Where blocking task code runs: child processes that can be stopped, in bounded slots.
+
+A thread cannot be stopped: a blocking task that passes its deadline would keep its
+thread (and, with a pool of six, soon every thread) for as long as it likes. So every
+blocking attempt runs in a child process:
+
+- **Deadlines.** At the soft deadline the child gets SIGALRM and `SoftTimeLimitExceeded`
+  is raised inside the task, which may catch it to clean up; at the hard deadline (the
+  attempt's `timeout`, or `SYNCD_DEFAULT_TIMEOUT_SECONDS`) the child is SIGKILLed and
+  replaced, and the attempt fails with a TimeoutError. The slot is free at once.
+- **Memory.** Each child runs under RLIMIT_AS = `SYNCD_TASK_MEMORY_MB`: an attempt that
+  allocates more fails with `MemoryLimitExceeded` and its child is replaced; the worker
+  lives on.
+- **Fair slots.** At most `SYNCD_WORKER_CONCURRENCY` blocking attempts run at once, and
+  at most `SYNCD_TASK_TYPE_CONCURRENCY` of one task type, so a flood of slow tasks of one
+  type cannot take every slot from the others.
+- **No orphans.** Children are forked from a forkserver that has the task modules loaded
+  (a fork costs milliseconds, and no event loop or socket of the worker is inherited),
+  and die with SIGKILL when the process that forked them dies (PR_SET_PDEATHSIG).
+
+Coroutine tasks stay on the event loop: cancellation stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger("worker.runner")
+
+# The soft deadline comes this long before the hard one (at most a tenth of the timeout),
+# so a task that catches it has time to clean up before it is killed.
+SOFT_MARGIN_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
+_MIB = 1024 * 1024
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task at its soft deadline: clean up and return (or re-raise)."""
+
+
+class MemoryLimitExceeded(MemoryError):
+    """The attempt allocated more than the per-attempt memory limit."""
+
+
+class ChildDied(RuntimeError):
+    """The process running the attempt died (killed, crashed, `os._exit`)."""
+
+
+class RemoteError(Exception):
+    """An exception raised by the task in its child, carried back as text.
+
+    Subclassed per name (`remote_error_type`) so records show the task's own exception
+    name; `remote_traceback` is the child's traceback.
+    """
+
+    remote_traceback: str = ""
+
+
+_REMOTE_TYPES: dict[str, type[RemoteError]] = {}
+
+
+def remote_error_type(name: str) -> type[RemoteError]:
+    if name not in _REMOTE_TYPES:
+        _REMOTE_TYPES[name] = type(name, (RemoteError,), {"__module__": "worker.tasks"})
+    return _REMOTE_TYPES[name]
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int
+    per_type: int
+    memory_mb: int
+    default_timeout: float
+
+
+# -- the child ------------------------------------------------------------------------
+
+
+def _child_main(conn: Connection, memory_mb: int) -> None:
+    """A child's life: run one attempt after another until the pipe closes."""
+    _die_with_parent()
+    limit = memory_mb * _MIB
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    signal.signal(signal.SIGALRM, _soft_deadline)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    from worker.tasks import registry  # noqa: PLC0415 - preloaded by the forkserver
+
+    while True:
+        try:
+            task_name, params, soft_seconds = conn.recv()
+        except (EOFError, OSError):
+            return
+        reply = _run_one(registry, task_name, params, soft_seconds)
+        conn.send(reply)
+        if reply[0] == "memory":
+            return  # after a MemoryError the heap may be in any state: start afresh
+
+
+def _run_one(registry: Any, task_name: str, params: Any, soft_seconds: float) -> tuple[Any, ...]:
+    task_type = registry[task_name]
+    signal.setitimer(signal.ITIMER_REAL, max(soft_seconds, 0.001))
+    try:
+        result = task_type.func(task_type.params.model_validate(params))
+        return ("ok", result)
+    except MemoryError:
+        return ("memory",)
+    except BaseException as exc:
+        text = "".join(traceback.format_exception(exc))
+        return ("error", type(exc).__name__, str(exc), text)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _soft_deadline(signum: int, frame: FrameType | None) -> None:
+    raise SoftTimeLimitExceeded("soft time limit reached")
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# -- the parent -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)  # identity: each child is one process
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    reusable: bool = True  # False once it said it is leaving (after a MemoryError)
+
+
+class Runner:
+    """Runs blocking task functions in killable children, within the slot limits."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["worker.tasks"])
+        self._idle: list[_Child] = []
+        self._slots = asyncio.Semaphore(limits.concurrency)
+        self._per_type: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(limits.per_type)
+        )
+        self._busy: set[_Child] = set()
+        self.replaced = 0  # children stopped and replaced (deadline, memory, death)
+
+    def deadline_for(self, timeout: float | None) -> float:
+        return float(timeout) if timeout else self.limits.default_timeout
+
+    async def run(self, task_name: str, params: dict[str, Any], timeout: float | None) -> Any:
+        """Run one attempt; raises what the task raised, TimeoutError, or MemoryLimitExceeded."""
+        loop = asyncio.get_running_loop()
+        hard = self.deadline_for(timeout)
+        deadline = loop.time() + hard
+        async with self._per_type[task_name], self._slots:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out after {hard:g} s")
+            soft = remaining - min(SOFT_MARGIN_SECONDS, hard / 10)
+            with self._child() as child:
+                child.conn.send((task_name, params, soft))
+                try:
+                    reply = await asyncio.wait_for(self._reply(child), remaining)
+                except TimeoutError:
+                    raise TimeoutError(f"timed out after {hard:g} s") from None
+                child.reusable = reply[0] != "memory"
+        return self._result(reply, hard)
+
+    def _result(self, reply: tuple[Any, ...], hard: float) -> Any:
+        kind = reply[0]
+        if kind == "ok":
+            return reply[1]
+        if kind == "memory":
+            raise MemoryLimitExceeded(f"exceeded its memory limit of {self.limits.memory_mb} MiB")
+        name, message, text = reply[1:]
+        if name == "SoftTimeLimitExceeded":  # the task let it out: the attempt timed out
+            raise TimeoutError(f"timed out after {hard:g} s")
+        error = remote_error_type(name)(message)
+        error.remote_traceback = text
+        raise error
+
+    @contextlib.contextmanager
+    def _child(self) -> Iterator[_Child]:
+        """An idle child (or a new one); returned to the pool only if it finished cleanly."""
+        child = self._idle.pop() if self._idle else self._spawn()
+        self._busy.add(child)
+        clean = False
+        try:
+            yield child
+            clean = True
+        finally:
+            self._busy.discard(child)
+            if clean and child.reusable and child.process.is_alive():
+                self._idle.append(child)
+            else:
+                self._kill(child)
+
+    async def _reply(self, child: _Child) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        fd = child.conn.fileno()
+        loop.add_reader(fd, readable.set)
+        try:
+            await readable.wait()
+        finally:
+            loop.remove_reader(fd)
+        try:
+            reply: tuple[Any, ...] = child.conn.recv()
+        except (EOFError, OSError):
+            child.process.join(1)
+            code = child.process.exitcode
+            raise ChildDied(f"worker process died running the task (exit code {code})") from None
+        return reply
+
+    def _spawn(self) -> _Child:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_child_main, args=(child_end, self.limits.memory_mb), daemon=True
+        )
+        process.start()
+        child_end.close()
+        return _Child(process, parent_end)
+
+    def _kill(self, child: _Child) -> None:
+        self.replaced += 1
+        if child.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGKILL)
+        child.process.join(5)
+        child.conn.close()
+
+    def close(self) -> None:
+        """Stop every child (running attempts are lost: their messages are redelivered)."""
+        for child in [*self._idle, *self._busy]:
+            self._kill(child)
+        self._idle.clear()
+        self._busy.clear()
