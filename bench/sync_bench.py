@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.taskdefs_gen import rewrite_file, write_tree
 from schemas.tables import TaskConfigModel
 from syncd.adapters.migrate import migrate
-from syncd.adapters.postgres import DbStore, parse_url
+from syncd.adapters.pg import parse_url
+from syncd.adapters.postgres import DbStore
 from syncd.adapters.redis import RedisStore
 from syncd.cli.common import catalog
 from syncd.core.guards import SyncOptions
@@ -124,7 +125,11 @@ def sync(root: Path, stores: Stores, tasks: TaskCatalog, cache: LoadCache | None
 def check(outcome: Outcome, what: str, **expected: int) -> None:
     """Fail unless the outcome is clean and its plan summary has the expected counts."""
     if outcome.loaded.errors or outcome.refusals or outcome.plan.errors:
-        problems = [*map(str, outcome.loaded.errors), *outcome.refusals, *outcome.plan.errors]
+        problems = [
+            *map(str, outcome.loaded.errors),
+            *outcome.refusals,
+            *map(str, outcome.plan.errors),
+        ]
         fail(f"{what}: " + "; ".join(problems[:5]))
     summary = outcome.plan.summary()
     wrong = {k: summary[k] for k, v in expected.items() if summary[k] != v}
