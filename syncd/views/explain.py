@@ -12,7 +12,7 @@ from typing import Any
 from syncd.core.firetimes import next_fire_times, timezone_of
 from syncd.core.model import Execution, Row, ScheduleRecord
 from syncd.core.plan import TaskPlan
-from syncd.views.history import ERROR_MAX
+from syncd.views.history import ERROR_MAX, outcome
 from syncd.views.status import live_config, next_fire, next_fire_cell, sync_state
 from syncd.views.text import (
     EMPTY,
@@ -129,7 +129,7 @@ def _explain_fires(view: Explanation) -> list[str]:
 
 def _explain_runs(executions: Sequence[Execution]) -> list[str]:
     return [
-        f"attempt {e.attempt}  {'ok    ' if e.is_success else 'FAILED'}  "
+        f"attempt {e.attempt}  {outcome(e):<7} "
         f"started {format_time(e.started_at)}  {format_duration(e.duration_seconds)}"
         + (f"  {shorten(first_line(e.error_message), ERROR_MAX)}" if e.error_message else "")
         for e in executions

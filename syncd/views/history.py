@@ -11,6 +11,13 @@ from syncd.core.model import Execution
 from syncd.views.text import first_line, format_duration, format_time, iso_utc, shorten, table
 
 ERROR_MAX = 80  # characters of an error's first line in a table
+# How the worker words a stopped attempt (worker.runner and the recorder): each gets its
+# own word in tables, so a timing-out or memory-hungry task stands out from a failing one.
+_STOPPED = (
+    ("TimeoutError: timed out after", "TIMEOUT"),
+    ("MemoryLimitExceeded:", "MEMORY"),
+    ("ChildDied:", "DIED"),
+)
 _SINCE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -38,7 +45,7 @@ def history_text(executions: Sequence[Execution]) -> str:
             format_time(e.completed_at),
             e.name or f"(deleted task {e.config_id or '?'})",
             str(e.attempt),
-            "ok" if e.is_success else "FAILED",
+            outcome(e),
             format_duration(e.duration_seconds),
             shorten(first_line(e.error_message), ERROR_MAX),
         ]
@@ -55,8 +62,17 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "task_id": execution.task_id,
         "attempt": execution.attempt,
         "success": execution.is_success,
+        "outcome": outcome(execution).lower(),
         "started_at": iso_utc(execution.started_at),
         "completed_at": iso_utc(execution.completed_at),
         "duration_seconds": execution.duration_seconds,
         "error_message": execution.error_message,
     }
+
+
+def outcome(execution: Execution) -> str:
+    """`ok`, or why the attempt failed: `TIMEOUT`, `MEMORY`, `DIED` or `FAILED`."""
+    if execution.is_success:
+        return "ok"
+    message = execution.error_message or ""
+    return next((word for prefix, word in _STOPPED if message.startswith(prefix)), "FAILED")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from syncd.core.firetimes import next_fire_times, timezone_of
 from syncd.core.model import Execution, TaskConfig
 from syncd.core.plan import Reason, TaskPlan
-from syncd.views.history import execution_json
+from syncd.views.history import execution_json, outcome
 from syncd.views.text import (
     EMPTY,
     clean,
@@ -217,8 +217,7 @@ def next_fire_cell(fire: NextFire) -> str:
 def _last_run_cell(run: Execution | None) -> str:
     if run is None:
         return EMPTY
-    outcome = "ok" if run.is_success else "FAILED"
-    return f"{outcome} {format_time(run.started_at)} ({format_duration(run.duration_seconds)})"
+    return f"{outcome(run)} {format_time(run.started_at)} ({format_duration(run.duration_seconds)})"
 
 
 def status_json(rows: Sequence[StatusRow]) -> list[dict[str, Any]]:

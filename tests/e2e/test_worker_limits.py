@@ -141,6 +141,8 @@ def test_a_tarpit_costs_only_its_own_attempts(cli: Cli, tmp_path: Path) -> None:
     assert all(not ok and "timed out after 3 s" in (err or "") for ok, err in outcomes), outcomes
     longest = max(closed - opened for opened, closed in pit.lives)
     assert longest <= 3 + 2, f"a connection outlived its 3 s deadline: {longest:.1f} s"
+    history = cli.run("history", "hook-0", check=True).stdout.splitlines()
+    assert history[1].split()[4] == "TIMEOUT"
 
 
 def test_an_attempt_over_its_memory_limit_fails_and_the_worker_lives_on(
@@ -172,3 +174,5 @@ def test_an_attempt_over_its_memory_limit_fails_and_the_worker_lives_on(
     rows = {name: (ok, error) for name, _, ok, error, _, _ in executions(cli)}
     assert rows["hog"] == (False, "MemoryLimitExceeded: exceeded its memory limit of 256 MiB")
     assert rows["after"] == (True, None)
+    status = cli.run("status", "hog", str(cli.taskdefs), check=True).stdout
+    assert "MEMORY" in status
