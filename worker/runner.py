@@ -93,7 +93,7 @@ class Limits:
 
 def _child_main(conn: Connection, memory_mb: int) -> None:
     """A child's life: run one attempt after another until the pipe closes."""
-    _die_with_parent()
+    die_with_parent()
     limit = memory_mb * _MIB
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _soft_deadline)
@@ -131,7 +131,8 @@ def _soft_deadline(signum: int, frame: FrameType | None) -> None:
     raise SoftTimeLimitExceeded("soft time limit reached")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that forked it ends."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -153,7 +154,8 @@ class Runner:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["worker.tasks"])
+        # worker.forkserver_init makes the forkserver itself die with the worker.
+        self._context.set_forkserver_preload(["worker.forkserver_init", "worker.tasks"])
         self._idle: list[_Child] = []
         self._slots = asyncio.Semaphore(limits.concurrency)
         self._per_type: defaultdict[str, asyncio.Semaphore] = defaultdict(

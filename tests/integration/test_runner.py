@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 from worker.runner import ChildDied, Limits, MemoryLimitExceeded, RemoteError, Runner
+
+REPO = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 
@@ -124,3 +128,58 @@ def test_one_task_type_cannot_take_every_slot() -> None:
     other, same = with_runner(body)
     assert other < 2.0  # another type ran while the first busy one held its type's slot
     assert same >= 3.0  # the second busy one waited for the first
+
+
+PARENT = """
+import asyncio
+from worker.runner import Limits, Runner
+
+async def main() -> None:
+    pool = Runner(Limits(2, 2, 256, 60.0))
+    busy = asyncio.create_task(
+        pool.run("diagnostics.busy", {"seconds": 60, "ignore_soft_limit": True}, 60)
+    )
+    await asyncio.sleep(1.0)
+    print("busy", flush=True)
+    await busy
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def test_no_child_outlives_a_sigkilled_worker() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "busy"
+        below = descendants(parent.pid)
+        assert len(below) >= 2  # the forkserver and the child running the attempt
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in below if Path(f"/proc/{pid}").exists()] == []
