@@ -11,8 +11,9 @@ schedule ids come from row ids, and a crash between the two is repaired by the n
 reconcile, whose plan sees the missing schedules as drift. Every write comes from the
 Plan; nothing is rebuilt from the taskdefs.
 
-`on_phase(name, seconds)` is told how long each phase took, so a benchmark times this very
-code rather than a copy of it.
+`on_phase(name, seconds)` is told how long each phase took (load, revision, desired, lock,
+read, plan, postgresql, redis_ops, redis), so a benchmark times this very code rather than
+a copy of it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from syncd.load.loader import LoadCache, LoadResult, build_desired, load_taskdef
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 PhaseHook = Callable[[str, float], None]  # (phase, seconds)
 DEFAULT_OPTIONS = SyncOptions()
-PHASES = ("load", "revision", "desired", "lock", "read", "plan", "postgresql", "redis_ops", "redis")
 
 
 @dataclass

@@ -129,11 +129,17 @@ def register(broker: AsyncBroker, task_type: TaskType, runner: Runner) -> None:
     a child process of the runner, which can stop it (worker.runner).
     """
 
-    async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
-        params = task_type.params.model_validate(kwargs)
-        if task_type.is_async:
-            return await task_type.func(params)
-        return await runner.run(task_type.name, kwargs, context.message.labels.get("timeout"))
+    if task_type.is_async:
+
+        async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
+            return await task_type.func(task_type.params.model_validate(kwargs))
+
+    else:
+
+        async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
+            # The child validates the kwargs, where the function runs.
+            timeout = context.message.labels.get("timeout")
+            return await runner.run(task_type.name, kwargs, timeout)
 
     run.__name__ = task_type.name.replace(".", "_")
     run.__doc__ = task_type.func.__doc__

@@ -65,7 +65,8 @@ class RemoteError(Exception):
     """An exception raised by the task in its child, carried back as text.
 
     Subclassed per name (`remote_error_type`) so records show the task's own exception
-    name; `remote_traceback` is the child's traceback.
+    name; `remote_traceback` is the child's traceback, also attached as a note so every
+    formatted traceback of the error includes it.
     """
 
     remote_traceback: str = ""
@@ -164,13 +165,10 @@ class Runner:
         self._busy: set[_Child] = set()
         self.replaced = 0  # children stopped and replaced (deadline, memory, death)
 
-    def deadline_for(self, timeout: float | None) -> float:
-        return float(timeout) if timeout else self.limits.default_timeout
-
     async def run(self, task_name: str, params: dict[str, Any], timeout: float | None) -> Any:
         """Run one attempt; raises what the task raised, TimeoutError, or MemoryLimitExceeded."""
         loop = asyncio.get_running_loop()
-        hard = self.deadline_for(timeout)
+        hard = float(timeout) if timeout else self.limits.default_timeout
         deadline = loop.time() + hard
         async with self._per_type[task_name], self._slots:
             remaining = deadline - loop.time()
@@ -197,6 +195,7 @@ class Runner:
             raise TimeoutError(f"timed out after {hard:g} s")
         error = remote_error_type(name)(message)
         error.remote_traceback = text
+        error.add_note(f"raised in the worker's child process:\n{text.rstrip()}")
         raise error
 
     @contextlib.contextmanager
@@ -213,6 +212,7 @@ class Runner:
             if clean and child.reusable and child.process.is_alive():
                 self._idle.append(child)
             else:
+                self.replaced += 1
                 self._kill(child)
 
     async def _reply(self, child: _Child) -> tuple[Any, ...]:
@@ -242,7 +242,6 @@ class Runner:
         return _Child(process, parent_end)
 
     def _kill(self, child: _Child) -> None:
-        self.replaced += 1
         if child.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.process.pid or 0, signal.SIGKILL)

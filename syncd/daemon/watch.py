@@ -60,7 +60,6 @@ LEASE_RETRY_SECONDS = 1.0
 LOCK_WAIT_SECONDS = 5.0
 # A reconcile running this long is stuck (e.g. on a row lock): let another daemon lead.
 STALL_SECONDS = 300.0
-DEFAULT_HTTP_PORT = 9464
 DEFAULT_RESYNC_SECONDS = 60.0
 
 

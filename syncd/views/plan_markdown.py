@@ -27,9 +27,10 @@ from syncd.views.plan_parts import (
     no_changes,
     ops,
     value_text,
+    where_text,
     with_state,
 )
-from syncd.views.text import clean, format_local, format_minute, location, shorten
+from syncd.views.text import clean, format_local, format_minute, shorten
 
 _MAX_LISTED = 20  # names listed in one markdown warning
 _MAX_STRAYS_LISTED = 50
@@ -172,7 +173,7 @@ def _md_items(plan: Plan, now: Instant | None = None) -> list[Item]:
 
 
 def _md_block(task: TaskPlan, now: Instant | None = None) -> str:
-    where = clean(location(task) or "")
+    where = where_text(task)
     summary = (
         f"<code>{SYMBOLS[task.action]}</code> {VERBS[task.action]} "
         f"<b>{html.escape(shorten(clean(task.name), 200))}</b>"

@@ -13,7 +13,15 @@ from typing import Any
 from syncd.core.firetimes import Instant, is_approximate, next_fire_times, timezone_of
 from syncd.core.model import TaskConfig
 from syncd.core.plan import FieldChange, Plan, TaskPlan
-from syncd.views.text import clean, describe_schedule, dumps, format_local, format_minute, shorten
+from syncd.views.text import (
+    clean,
+    describe_schedule,
+    dumps,
+    format_local,
+    format_minute,
+    location,
+    shorten,
+)
 
 NOTED_STATES = frozenset({"frozen", "kept", "paused", "expired"})
 TEXT_VALUE_MAX = 60
@@ -158,3 +166,8 @@ def approx_note(sides: Sequence[FireSide], now: Instant) -> str:
         f"interval times are estimates counted from {format_minute(now)}: the scheduler counts "
         "from its own last send"
     )
+
+
+def where_text(task: TaskPlan) -> str:
+    """The task's `path:line`, cleaned; empty when unknown."""
+    return clean(location(task) or "")

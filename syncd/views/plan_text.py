@@ -27,16 +27,13 @@ from syncd.views.plan_parts import (
     ops,
     side_title,
     value_text,
+    where_text,
     with_state,
 )
-from syncd.views.text import clean, location
+from syncd.views.text import clean
 
 COLORS = {"create": "32", "update": "33", "delete": "31", "noop": "35"}
 _BOLD, _RED, _YELLOW = "1", "31", "33"
-
-
-def _where(task: TaskPlan) -> str:
-    return clean(location(task) or "")
 
 
 def _paint(text: str, code: str, color: bool) -> str:
@@ -71,7 +68,7 @@ def _text_block(task: TaskPlan, color: bool, verbose: bool, now: Instant | None 
         f"{_paint(f'{VERBS[task.action]:<7}', code, color)} "
         f"{_paint(clean(task.name), _BOLD, color)}"
     )
-    where = _where(task)
+    where = where_text(task)
     lines = [f"{head}  ({where})" if where else head]
     lines += [f"    {line}" for line in _text_details(task, verbose)]
     lines += [f"    drift: {clean(d.message)}" for d in task.drift]
@@ -116,7 +113,7 @@ def _text_list(title: str, lines: Sequence[str], code: str, color: bool) -> str:
 
 
 def _named(task: TaskPlan) -> str:
-    where = _where(task)
+    where = where_text(task)
     return f"{clean(task.name)}  ({where})" if where else clean(task.name)
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from worker.recording.records import format_traceback
 from worker.runner import ChildDied, Limits, MemoryLimitExceeded, RemoteError, Runner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,7 @@ def test_a_task_error_keeps_its_name_and_the_childs_traceback(tmp_path: Path) ->
     assert "is not a directory" in str(error)
     assert isinstance(error, RemoteError)
     assert "temp_files" in error.remote_traceback
+    assert "temp_files" in format_traceback(error)  # what the recorder stores
 
 
 def test_a_child_that_dies_fails_its_attempt_and_is_replaced() -> None:

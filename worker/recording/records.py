@@ -101,12 +101,9 @@ def _reached(elapsed: float | None, timeout: float | None) -> bool:
 
 
 def format_traceback(exc: BaseException) -> str:
-    # The tail holds the raising frame and the final exception: keep that end. A task that
-    # ran in a child process brings the child's traceback (worker.runner.RemoteError).
-    remote = getattr(exc, "remote_traceback", "")
-    text = (
-        remote if isinstance(remote, str) and remote else "".join(traceback.format_exception(exc))
-    )
+    # The tail holds the raising frame, the final exception and its notes (the child's own
+    # traceback, for a task that ran in a child process): keep that end.
+    text = "".join(traceback.format_exception(exc))
     return clean_text(text, MAX_TRACEBACK_CHARS, keep_tail=True)
 
 
