@@ -92,9 +92,10 @@ class Limits:
 # -- the child ------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, memory_mb: int) -> None:
+def _child_main(conn: Connection, memory_mb: int, logs: LogSetup) -> None:
     """A child's life: run one attempt after another until the pipe closes."""
     die_with_parent()
+    _log_like_parent(logs)
     limit = memory_mb * _MIB
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _soft_deadline)
@@ -126,6 +127,23 @@ def _run_one(registry: Any, task_name: str, params: Any, soft_seconds: float) ->
         return ("error", type(exc).__name__, str(exc), text)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+LogSetup = tuple[int, str | None]  # the root logger's level and its first handler's format
+
+
+def parent_log_setup() -> LogSetup:
+    """How this process logs, for a child to log the same way (a task's log lines, e.g.
+    `notification.log`, must show in the worker's output as they did in its threads)."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    return root.level, getattr(formatter, "_fmt", None)
+
+
+def _log_like_parent(logs: LogSetup) -> None:
+    level, fmt = logs
+    # The child writes to the stderr it inherited, which is the worker's.
+    logging.basicConfig(level=level, format=fmt or logging.BASIC_FORMAT, force=True)
 
 
 def _soft_deadline(signum: int, frame: FrameType | None) -> None:
@@ -235,7 +253,9 @@ class Runner:
     def _spawn(self) -> _Child:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_child_main, args=(child_end, self.limits.memory_mb), daemon=True
+            target=_child_main,
+            args=(child_end, self.limits.memory_mb, parent_log_setup()),
+            daemon=True,
         )
         process.start()
         child_end.close()

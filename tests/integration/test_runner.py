@@ -185,3 +185,32 @@ def test_no_child_outlives_a_sigkilled_worker() -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in below if Path(f"/proc/{pid}").exists()] == []
+
+
+LOGGING_PARENT = """
+import asyncio, logging
+from worker.runner import Limits, Runner
+
+async def main() -> None:
+    pool = Runner(Limits(2, 2, 256, 60.0))
+    try:
+        await pool.run("notification.log", {"message": "hello from a child"}, 10)
+    finally:
+        pool.close()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="PARENT-FORMAT %(name)s: %(message)s")
+    asyncio.run(main())
+"""
+
+
+def test_a_task_logs_to_the_workers_output_in_the_workers_format() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LOGGING_PARENT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    assert "PARENT-FORMAT syncd.notification: hello from a child" in done.stderr
