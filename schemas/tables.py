@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -72,6 +73,9 @@ class TaskConfigModel(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
     schedule_config: Mapped[dict[str, Any]] = mapped_column(JSONB)
     max_retries: Mapped[int] = mapped_column(Integer)
+    # Server defaults: rows written before these columns existed read as the taskdef defaults.
+    retry_backoff_seconds: Mapped[float] = mapped_column(Double, server_default=text("5"))
+    retry_backoff_max_seconds: Mapped[float] = mapped_column(Double, server_default=text("600"))
     timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean)

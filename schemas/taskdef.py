@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     JsonValue,
     Tag,
+    ValidationInfo,
     field_validator,
 )
 
@@ -35,6 +36,9 @@ TASK_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 MAX_RETRIES_LIMIT = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_INTERVAL_SECONDS = 366 * 24 * 3600
+DEFAULT_RETRY_BACKOFF_SECONDS = 5.0
+DEFAULT_RETRY_BACKOFF_MAX_SECONDS = 600.0
+MAX_RETRY_BACKOFF_SECONDS = 24 * 3600
 
 # How a task is scheduled, as `task_configs.scheduler_type` stores it (an `at` is a "date").
 SchedulerType = Literal["cron", "interval", "date", "manual"]
@@ -130,6 +134,31 @@ class TaskDef(StrictModel):
     schedule: Schedule | None = Field(default=None, description="omitted: a manual task")
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
     max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT)] = 0
+    retry_backoff_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=MAX_RETRY_BACKOFF_SECONDS,
+            allow_inf_nan=False,
+            description=(
+                "seconds before the first retry (0: at once); each further retry waits twice "
+                "as long as the one before, up to retry_backoff_max_seconds; every delay is "
+                "scaled by a random factor in [0.5, 1]"
+            ),
+        ),
+    ] = DEFAULT_RETRY_BACKOFF_SECONDS
+    retry_backoff_max_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=MAX_RETRY_BACKOFF_SECONDS,
+            allow_inf_nan=False,
+            # Checked against retry_backoff_seconds even when omitted: a first delay above
+            # the default cap is an error, not a silently capped delay.
+            validate_default=True,
+            description="the longest delay before a retry; at least retry_backoff_seconds",
+        ),
+    ] = DEFAULT_RETRY_BACKOFF_MAX_SECONDS
     timeout_seconds: Annotated[int, Field(gt=0, le=MAX_TIMEOUT_SECONDS)] | None = None
     priority: Annotated[int, Field(ge=1, le=10)] = 5
     enabled: bool = True
@@ -138,6 +167,20 @@ class TaskDef(StrictModel):
     @classmethod
     def _storable_description(cls, value: str) -> str:
         _storable(value)
+        return value
+
+    @field_validator("retry_backoff_max_seconds")
+    @classmethod
+    def _cap_not_below_first_delay(cls, value: float, info: ValidationInfo) -> float:
+        # Fields validate in declaration order: retry_backoff_seconds is in info.data
+        # unless it was invalid itself (then that error is reported, not this one).
+        first = info.data.get("retry_backoff_seconds")
+        if first is not None and value < first:
+            default = " (the default)" if value == DEFAULT_RETRY_BACKOFF_MAX_SECONDS else ""
+            raise ValueError(
+                f"{value:g}{default} is less than retry_backoff_seconds ({first:g}); "
+                "the longest delay must be at least the first"
+            )
         return value
 
     @field_validator("parameters")

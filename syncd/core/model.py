@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from schemas.taskdef import AtSchedule, CronSchedule, IntervalSchedule, SchedulerType, TaskDef
+from schemas.taskdef import (
+    DEFAULT_RETRY_BACKOFF_MAX_SECONDS,
+    DEFAULT_RETRY_BACKOFF_SECONDS,
+    AtSchedule,
+    CronSchedule,
+    IntervalSchedule,
+    SchedulerType,
+    TaskDef,
+)
 
 Status = Literal["active", "paused", "inactive"]
 DEFAULT_QUEUE = "default"
@@ -31,10 +39,19 @@ CONFIG_FIELDS = (
     "schedule_config",
     "parameters",
     "max_retries",
+    "retry_backoff_seconds",
+    "retry_backoff_max_seconds",
     "timeout_seconds",
     "priority",
     "enabled",
 )
+# Fields added after rows were first written: hashed only when they differ from their
+# default, so a task that does not use them keeps the content hash it had before they
+# existed, and an upgrade is not a change to every task.
+HASHED_UNLESS_DEFAULT: Mapping[str, Any] = {
+    "retry_backoff_seconds": DEFAULT_RETRY_BACKOFF_SECONDS,
+    "retry_backoff_max_seconds": DEFAULT_RETRY_BACKOFF_MAX_SECONDS,
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,8 @@ class TaskConfig:
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     max_retries: int = 0
+    retry_backoff_seconds: float = DEFAULT_RETRY_BACKOFF_SECONDS
+    retry_backoff_max_seconds: float = DEFAULT_RETRY_BACKOFF_MAX_SECONDS
     timeout_seconds: int | None = None
     priority: int = 5
     enabled: bool = True
@@ -61,6 +80,9 @@ class TaskConfig:
         # Cached (the value is immutable) and built without `dataclasses.asdict`, whose deep
         # copies made hashing 10,000 configs the slowest step of a no-op reconcile.
         fields = {name: getattr(self, name) for name in ("name", *CONFIG_FIELDS)}
+        for name, default in HASHED_UNLESS_DEFAULT.items():
+            if fields[name] == default:
+                del fields[name]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -94,6 +116,8 @@ def config_from_taskdef(task: TaskDef) -> TaskConfig:
         schedule_config=schedule_config_of(task),
         parameters=dict(task.parameters),
         max_retries=task.max_retries,
+        retry_backoff_seconds=task.retry_backoff_seconds,
+        retry_backoff_max_seconds=task.retry_backoff_max_seconds,
         timeout_seconds=task.timeout_seconds,
         priority=task.priority,
         enabled=task.enabled,

@@ -3,8 +3,8 @@
 Pure: builds the JSON dict exactly as taskiq's `ScheduledTask.model_dump(mode="json")`
 would (an integration test proves they are equal), and names the list it belongs in.
 The planner builds each payload once, compares it with Redis and hands it to apply in
-the Plan. The labels carry what the worker needs: config id, retries, timeout, priority
-and queue; the parameters are the task's kwargs.
+the Plan. The labels carry what the worker needs: config id, retries and their backoff,
+timeout, priority and queue; the parameters are the task's kwargs.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ def schedule_labels(config_id: int, config: TaskConfig, queue: str) -> dict[str,
         "max_retries": config.max_retries + 1,
         "retry_on_error": config.max_retries > 0,
     }
+    if config.max_retries > 0:
+        # The worker delays retry n by min(retry_backoff_max, retry_backoff * 2^(n-1)),
+        # jittered. Absent without retries, so those payloads did not change with them.
+        labels["retry_backoff"] = float(config.retry_backoff_seconds)
+        labels["retry_backoff_max"] = float(config.retry_backoff_max_seconds)
     if config.timeout_seconds is not None:
         labels["timeout"] = config.timeout_seconds
     return labels

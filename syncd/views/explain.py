@@ -85,6 +85,8 @@ def _explain_row(view: Explanation) -> list[str]:
         f"task_type {config.task_type}, schedule {describe_config(config)}",
         f"priority {config.priority}, max_retries {config.max_retries}, "
         f"timeout_seconds {config.timeout_seconds if config.timeout_seconds else EMPTY}",
+        f"retry_backoff_seconds {config.retry_backoff_seconds:g}, "
+        f"retry_backoff_max_seconds {config.retry_backoff_max_seconds:g}",
         f"parameters {json.dumps(config.parameters, sort_keys=True)}",
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+from taskiq.labels import LabelType
 
 from tests.e2e.conftest import Cli
 
@@ -19,6 +20,7 @@ tasks:
     task_type: notification.log
     parameters: {message: hi}
     max_retries: 2
+    retry_backoff_seconds: 0.5
     timeout_seconds: 30
     priority: 7
 """
@@ -72,4 +74,8 @@ def test_run_enqueues_one_message_with_the_configured_labels(cli: Cli) -> None:
     assert labels["timeout"] == "30"
     assert labels["priority"] == "7"
     assert labels["manual"] == "True"
+    assert (labels["retry_backoff"], labels["retry_backoff_max"]) == ("0.5", "600.0")
+    # Typed as floats, so the worker reads them back as numbers.
+    assert message["labels_types"]["retry_backoff"] == LabelType.FLOAT
+    assert message["labels_types"]["retry_backoff_max"] == LabelType.FLOAT
     assert cli.run("run", "nope").returncode == 1

@@ -9,14 +9,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Engine, create_engine, inspect, text
 
 from schemas.tables import metadata
-from syncd.adapters.migrate import MigrateResult, current_revision, head_revision, migrate
+from syncd.adapters.migrate import (
+    MigrateResult,
+    alembic_config,
+    current_revision,
+    head_revision,
+    migrate,
+)
 from syncd.adapters.postgres import DbStore
 from syncd.core.errors import SchemaMissing, StoreUnavailable
+from syncd.core.model import TaskConfig
 from tests.services import PG_URL_BASE, drop_database
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"
@@ -40,7 +48,7 @@ def engine(fresh_database_url: str) -> Iterator[Engine]:
 
 
 # The newest migration in syncd/migrations/versions; bump it with each new migration.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def test_head_revision_is_the_newest_migration() -> None:
@@ -148,6 +156,66 @@ def test_drift_check_sees_a_changed_index(fresh_database_url: str, engine: Engin
         )
 
     assert {diff[0] for diff in schema_diffs(engine)} == {"add_index", "remove_index"}
+
+
+def test_drift_check_sees_a_changed_server_default(fresh_database_url: str, engine: Engine) -> None:
+    """Control: the backoff columns' defaults are compared too, not only their presence."""
+    migrate(fresh_database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("ALTER TABLE task_configs ALTER COLUMN retry_backoff_seconds SET DEFAULT 7")
+        )
+
+    assert [diff[0][0] for diff in schema_diffs(engine)] == ["modify_default"]
+
+
+# What syncd computed for that config before the backoff fields existed.
+HASH_BEFORE_0003 = "bf94111a725b00251d4261c86268222f814bfb02d6f351510b3fa2b505147f8a"
+
+
+def upgrade_to(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def test_0003_gives_rows_written_before_it_the_default_backoff(
+    fresh_database_url: str, engine: Engine
+) -> None:
+    """A row written by a syncd without the backoff columns reads back as a task at the
+    defaults, whose hash is the one that syncd stored: the upgrade plans no row change."""
+    config = TaskConfig(
+        name="old",
+        task_type="data.export",
+        scheduler_type="interval",
+        schedule_config={"interval": 60},
+        max_retries=2,
+    )
+    upgrade_to(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_configs (name, task_type, scheduler_type, parameters,"
+                " schedule_config, max_retries, priority, enabled, content_hash)"
+                " VALUES ('old', 'data.export', 'interval', '{}', '{\"interval\": 60}',"
+                " 2, 5, true, :hash)"
+            ),
+            {"hash": HASH_BEFORE_0003},
+        )
+
+    result = migrate(fresh_database_url)
+
+    assert result == MigrateResult(False, "0002", HEAD)
+    store = DbStore.from_url(fresh_database_url)
+    try:
+        row = store.get_row("old")
+    finally:
+        store.close()
+    assert row is not None
+    assert (row.config.retry_backoff_seconds, row.config.retry_backoff_max_seconds) == (5.0, 600.0)
+    assert row.config == config
+    assert row.config.content_hash() == row.stored_hash == HASH_BEFORE_0003
 
 
 def schema_diffs(engine: Engine) -> list[Any]:

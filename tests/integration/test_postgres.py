@@ -96,12 +96,20 @@ def count(sql: Engine, where: str, **params: Any) -> int:
 
 VARIED = [
     desired("cron-task"),
-    desired("interval-task", scheduler_type="interval", schedule_config={"interval": 300}),
+    desired(
+        "interval-task",
+        scheduler_type="interval",
+        schedule_config={"interval": 300},
+        retry_backoff_seconds=0.1,
+        retry_backoff_max_seconds=86400.0,
+    ),
     desired(
         "date-task",
         scheduler_type="date",
         schedule_config={"at": "2026-12-01T09:00:00+00:00"},
         timeout_seconds=None,
+        retry_backoff_seconds=0.0,
+        retry_backoff_max_seconds=0.0,
     ),
     desired(
         "manual-task",
@@ -143,6 +151,8 @@ def test_update_changes_fields_hash_and_revision(store: DbStore, sql: Engine) ->
         schedule_config={"interval": 3600},
         parameters={"path": "/srv"},
         max_retries=0,
+        retry_backoff_seconds=2.5,
+        retry_backoff_max_seconds=30.0,
         timeout_seconds=None,
         priority=9,
         enabled=False,
@@ -157,6 +167,10 @@ def test_update_changes_fields_hash_and_revision(store: DbStore, sql: Engine) ->
     assert before is not None
     assert after is not None
     assert after.stored_hash != before.stored_hash
+    assert (after.config.retry_backoff_seconds, after.config.retry_backoff_max_seconds) == (
+        2.5,
+        30.0,
+    )
     assert count(sql, "name = 'a' AND updated_at IS NOT NULL") == 1
     assert count(sql, "name = 'b' AND updated_at IS NULL AND git_revision = 'rev1'") == 1
 

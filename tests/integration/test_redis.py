@@ -54,6 +54,8 @@ def cron_config(name: str = "nightly", timezone: str = "UTC") -> TaskConfig:
         schedule_config={"cron": "30 2 * * *", "timezone": timezone},
         parameters={"region": "eu", "limit": 10},
         max_retries=3,
+        retry_backoff_seconds=0.5,
+        retry_backoff_max_seconds=30.0,
         timeout_seconds=600,
     )
 
@@ -334,8 +336,13 @@ def compat_payloads() -> dict[str, dict[str, Any]]:
 
 
 def test_build_schedule_matches_taskiq_model() -> None:
-    for payload in compat_payloads().values():
+    payloads = compat_payloads()
+    for payload in payloads.values():
         assert ScheduledTask.model_validate(payload).model_dump(mode="json") == payload
+    # The backoff labels (a task with retries) survive taskiq's model as floats.
+    labels = ScheduledTask.model_validate(payloads["task_1"]).labels
+    assert (labels["retry_backoff"], labels["retry_backoff_max"]) == (0.5, 30.0)
+    assert "retry_backoff" not in ScheduledTask.model_validate(payloads["task_2"]).labels
 
 
 async def test_taskiq_reads_what_redis_store_writes(store: RedisStore, redis_url: str) -> None:

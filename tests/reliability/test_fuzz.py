@@ -150,6 +150,8 @@ tasks = st.fixed_dictionaries(
         "schedule": schedules,
         "parameters": st.dictionaries(st.text(max_size=10), values, max_size=4) | values,
         "max_retries": st.integers(-3, 200) | values,
+        "retry_backoff_seconds": st.floats() | st.integers(-3, 10**6) | values,
+        "retry_backoff_max_seconds": st.floats() | st.integers(-3, 10**6) | values,
         "timeout_seconds": st.integers(-3, 10**6) | values,
         "priority": st.integers(-1, 12),
         "enabled": st.booleans() | values,
@@ -320,7 +322,11 @@ implicit_scalars = st.one_of(
 def implicitly_typed(draw: st.DrawFn) -> bytes:
     """A valid task with one value replaced by an unquoted implicitly-typed scalar."""
     value = draw(implicit_scalars)
-    key = draw(st.sampled_from(["description", "priority", "max_retries", "schedule"]))
+    key = draw(
+        st.sampled_from(
+            ["description", "priority", "max_retries", "retry_backoff_seconds", "schedule"]
+        )
+    )
     if key == "schedule":
         line = f"    schedule: {{{draw(st.sampled_from(['at', 'interval']))}: {value}}}"
     else:

@@ -134,6 +134,46 @@ def test_cron_is_normalised(taskdefs: Path, write: WriteTaskdef) -> None:
             "timeout_seconds: Input should be greater than 0",
         ),
         (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_seconds: -0.5\n",
+            "a.yaml:5:28: tasks[0] (x).retry_backoff_seconds: "
+            "Input should be greater than or equal to 0",
+        ),
+        (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_seconds: 86401\n    retry_backoff_max_seconds: 90000\n",
+            "retry_backoff_seconds: Input should be less than or equal to 86400",
+        ),
+        (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_seconds: '5'\n",
+            "retry_backoff_seconds: Input should be a valid number",
+        ),
+        (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_max_seconds: .inf\n",
+            "retry_backoff_max_seconds: Input should be a finite number",
+        ),
+        (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_seconds: 20\n    retry_backoff_max_seconds: 10\n",
+            "a.yaml:6:32: tasks[0] (x).retry_backoff_max_seconds: 10 is less than "
+            "retry_backoff_seconds (20); the longest delay must be at least the first",
+        ),
+        (
+            # The cap left at its default: located at the task, named all the same.
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_seconds: 700\n",
+            "a.yaml:3:5: tasks[0] (x).retry_backoff_max_seconds: 600 (the default) is less than "
+            "retry_backoff_seconds (700)",
+        ),
+        (
+            "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
+            "    retry_backoff_max_seconds: 2.5\n",
+            "a.yaml:5:32: tasks[0] (x).retry_backoff_max_seconds: 2.5 is less than "
+            "retry_backoff_seconds (5)",
+        ),
+        (
             "version: 1\ntasks:\n  - task_type: diagnostics.noop\n",
             "a.yaml:3:5: tasks[0]: missing required key 'name'",
         ),
@@ -169,6 +209,38 @@ def test_problem_messages(taskdefs: Path, write: WriteTaskdef, body: str, expect
     found = messages(taskdefs)
     assert any(expected in line for line in found), found
     assert all(line.startswith(f"{taskdefs}/a.yaml:") for line in found), found
+
+
+def test_retry_backoff_is_read_as_float_seconds_with_defaults(
+    taskdefs: Path, write: WriteTaskdef
+) -> None:
+    write(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          - name: tuned
+            task_type: diagnostics.noop
+            max_retries: 4
+            retry_backoff_seconds: 2
+            retry_backoff_max_seconds: 7.5
+          - name: at-once
+            task_type: diagnostics.noop
+            max_retries: 1
+            retry_backoff_seconds: 0
+            retry_backoff_max_seconds: 0
+          - name: defaults
+            task_type: diagnostics.noop
+        """,
+    )
+    result = load_taskdefs(taskdefs, TYPES, now=NOW)
+    assert result.problems == ()
+    backoff = {
+        t.config.name: (t.config.retry_backoff_seconds, t.config.retry_backoff_max_seconds)
+        for t in result.tasks
+    }
+    assert backoff == {"tuned": (2.0, 7.5), "at-once": (0.0, 0.0), "defaults": (5.0, 600.0)}
+    assert all(type(value) is float for pair in backoff.values() for value in pair)
 
 
 def test_every_problem_in_every_file_is_reported_sorted(

@@ -140,6 +140,77 @@ def test_update_lists_field_changes() -> None:
     assert task.drift == ()
 
 
+def test_backoff_changes_are_field_changes_and_reach_the_schedule_of_a_retrying_task() -> None:
+    _, after = converge(desired(cfg("a", max_retries=2), cfg("b")), empty())
+    changed = desired(
+        cfg("a", max_retries=2, retry_backoff_seconds=0.5, retry_backoff_max_seconds=30.0),
+        cfg("b", retry_backoff_seconds=1.0),
+    )
+
+    the_plan, applied = converge(changed, after)
+
+    a, b = the_plan.tasks
+    assert (a.action, b.action) == ("update", "update")
+    assert [(c.field, c.before, c.after) for c in a.changes] == [
+        ("retry_backoff_seconds", 5.0, 0.5),
+        ("retry_backoff_max_seconds", 600.0, 30.0),
+    ]
+    assert a.schedule_op == "put"
+    assert a.payload is not None
+    assert (a.payload["labels"]["retry_backoff"], a.payload["labels"]["retry_backoff_max"]) == (
+        0.5,
+        30.0,
+    )
+    # b has no retries: its row changes, its schedule does not.
+    assert [c.field for c in b.changes] == ["retry_backoff_seconds"]
+    assert (b.write_row, b.schedule_op) == (True, None)
+    assert plan(changed, applied, NOW, LAYOUT).is_empty
+
+
+# What the content hash of cfg("a") was before the retry backoff fields existed.
+HASH_BEFORE_BACKOFF = "c71a3acca61c574bcf866602bdb0dbc07fb594d4f777b92d64c620315dc4d4e8"
+
+
+def test_backoff_at_its_defaults_keeps_the_content_hash_from_before_the_fields() -> None:
+    assert cfg("a").content_hash() == HASH_BEFORE_BACKOFF
+    # Defaults written out (as YAML integers, even) are still the defaults.
+    assert (
+        cfg("a", retry_backoff_seconds=5, retry_backoff_max_seconds=600).content_hash()
+        == HASH_BEFORE_BACKOFF
+    )
+    changed = {
+        cfg("a", retry_backoff_seconds=4.0).content_hash(),
+        cfg("a", retry_backoff_max_seconds=601.0).content_hash(),
+        cfg("a", retry_backoff_seconds=4.0, retry_backoff_max_seconds=601.0).content_hash(),
+    }
+    assert len(changed) == 3
+    assert HASH_BEFORE_BACKOFF not in changed
+
+
+def test_upgrade_rewrites_only_the_schedules_of_tasks_with_retries() -> None:
+    """State left by a syncd without backoff: same rows and hashes, payloads without the
+    backoff labels. Only tasks with retries need a put; no row is written."""
+    want = desired(cfg("plain"), cfg("retrying", max_retries=3))
+    _, current = converge(want, empty())
+    old_schedules = {}
+    for sid, record in current.schedules.items():
+        assert record.payload is not None
+        labels = {
+            k: v for k, v in record.payload["labels"].items() if not k.startswith("retry_backoff")
+        }
+        old_schedules[sid] = replace(record, payload={**record.payload, "labels": labels})
+    before_upgrade = Actual(current.rows, old_schedules, current.statuses)
+
+    the_plan = plan(want, before_upgrade, NOW, LAYOUT)
+
+    by_name = {t.name: t for t in the_plan.tasks}
+    assert by_name["plain"].has_changes is False
+    retrying = by_name["retrying"]
+    assert (retrying.action, retrying.write_row, retrying.schedule_op) == ("noop", False, "put")
+    assert codes(retrying.drift) == ["schedule_altered"]
+    assert the_plan.summary()["update"] == 0
+
+
 def test_delete_removes_row_schedule_and_status() -> None:
     _, after = converge(desired(cfg("a"), cfg("b")), empty())
     the_plan = plan(desired(cfg("a")), after, NOW, LAYOUT)
@@ -306,20 +377,24 @@ schedule_kinds = st.one_of(
     ),
     st.just(("manual", {})),
 )
+backoffs = st.sampled_from([(5.0, 600.0), (0.0, 0.0), (0.5, 30.0), (60.0, 60.0)])
 configs = st.builds(
-    lambda name, kind, priority, enabled, retries: cfg(
+    lambda name, kind, priority, enabled, retries, backoff: cfg(
         name,
         scheduler_type=kind[0],
         schedule_config=kind[1],
         priority=priority,
         enabled=enabled,
         max_retries=retries,
+        retry_backoff_seconds=backoff[0],
+        retry_backoff_max_seconds=backoff[1],
     ),
     names,
     schedule_kinds,
     st.integers(1, 10),
     st.booleans(),
     st.integers(0, 3),
+    backoffs,
 )
 desired_states = st.lists(configs, max_size=8, unique_by=lambda c: c.name).map(
     lambda cs: desired(*cs)

@@ -27,3 +27,23 @@ def test_schema_bounds_priority_and_name() -> None:
     assert (task["priority"]["minimum"], task["priority"]["maximum"]) == (1, 10)
     assert task["name"]["maxLength"] == 200
     assert ":" not in task["name"]["pattern"]
+
+
+def test_schema_describes_the_retry_backoff_in_seconds() -> None:
+    task = json_schema()["$defs"]["TaskDef"]["properties"]
+    first, cap = task["retry_backoff_seconds"], task["retry_backoff_max_seconds"]
+    assert (first["type"], first["minimum"], first["maximum"], first["default"]) == (
+        "number",
+        0,
+        86400,
+        5.0,
+    )
+    assert (cap["type"], cap["minimum"], cap["maximum"], cap["default"]) == (
+        "number",
+        0,
+        86400,
+        600.0,
+    )
+    assert "twice as long" in first["description"]
+    assert "[0.5, 1]" in first["description"]
+    assert "at least retry_backoff_seconds" in cap["description"]

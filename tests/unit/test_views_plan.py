@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 import syncd.views
 from syncd.core.model import CONFIG_FIELDS, TaskConfig
-from syncd.core.plan import DriftCode, ErrorCode, FieldChange, Plan, Reason, StraySchedule, TaskPlan
+from syncd.core.plan import (
+    DriftCode,
+    ErrorCode,
+    FieldChange,
+    Plan,
+    Reason,
+    StraySchedule,
+    TaskPlan,
+    diff_configs,
+)
 from syncd.views.plan_json import FORMAT_VERSION, render_json
 from syncd.views.plan_markdown import render_markdown
 from syncd.views.plan_text import render_text
@@ -220,6 +229,38 @@ def test_text_never_passes_control_characters_through() -> None:
     assert "\x1b" not in text
     assert "\x9b" not in text
     assert "\nline" not in text
+
+
+def backoff_plan() -> Plan:
+    before = config("report", max_retries=2)
+    after = config(
+        "report", max_retries=3, retry_backoff_seconds=0.5, retry_backoff_max_seconds=90.0
+    )
+    return Plan(tasks=(update("report", *diff_configs(before, after)),))
+
+
+def test_backoff_changes_show_like_max_retries_in_every_format() -> None:
+    plan = backoff_plan()
+    text = render_text(plan)
+    assert "max_retries: 2 → 3" in text
+    assert "retry_backoff_seconds: 5.0 → 0.5" in text
+    assert "retry_backoff_max_seconds: 600.0 → 90.0" in text
+    md = render_markdown(plan)
+    assert "| `max_retries` | `2` | `3` |" in md
+    assert "| `retry_backoff_seconds` | `5.0` | `0.5` |" in md
+    assert "| `retry_backoff_max_seconds` | `600.0` | `90.0` |" in md
+    data = json.loads(json.dumps(render_json(plan)))
+    assert data["changes"][0]["changes"] == [
+        {"field": "max_retries", "before": 2, "after": 3},
+        {"field": "retry_backoff_seconds", "before": 5.0, "after": 0.5},
+        {"field": "retry_backoff_max_seconds", "before": 600.0, "after": 90.0},
+    ]
+
+
+def test_text_verbose_create_lists_the_backoff() -> None:
+    text = render_text(Plan(tasks=(create("n", retry_backoff_seconds=0.25),)), verbose=True)
+    assert "retry_backoff_seconds: 0.25" in text
+    assert "retry_backoff_max_seconds: 600.0" in text
 
 
 # ---------------------------------------------------------------- markdown
