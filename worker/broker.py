@@ -1,82 +1,41 @@
 """The TaskIQ broker: Redis streams, one per queue the registry declares, at-least-once.
 
-`make_broker(registry, settings)` builds a `RedisStreamBroker` (the only Redis broker of
-taskiq-redis with acks and redelivery) and registers every task of the registry under its task type.
+`make_broker(registry, settings)` builds a `StreamConsumer` (worker.consumer: taskiq-redis's
+stream broker, the only one with acks and redelivery, with syncd's redelivery, death
+counting and hand-back) and registers every task of the registry under its task type.
 Messages are routed to a queue's stream by the `queue_name` label syncd puts on every
-schedule; a worker reads the streams of the queues it serves.
+schedule; a worker reads the streams of the queues it serves. Failed attempts are retried
+with backoff (worker.retries); a stop signal gets a bounded, clean shutdown
+(worker.shutdown).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import (
-    AckableMessage,
-    AsyncBroker,
-    Context,
-    SimpleRetryMiddleware,
-    TaskiqDepends,
-    TaskiqEvents,
-    TaskiqState,
-)
-from taskiq_redis import RedisStreamBroker
+from taskiq import Context, TaskiqDepends, TaskiqMessage
 
 from syncd.core.keys import queue_stream
 from syncd.core.settings import Settings
+from worker.consumer import DEATHS_LABEL, StreamConsumer, int_label
+from worker.outcomes import DeadLettered, Requeued
 from worker.registry import TaskRegistry, TaskType
-from worker.runner import Limits, Runner
+from worker.retries import BackoffRetryMiddleware
+from worker.runner import ChildDied, Limits, Runner
+from worker.shutdown import GracefulShutdown
 from worker.streams import StreamTrimmer
 
 logger = logging.getLogger("syncd.worker")
-RECONNECT_MIN_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 30.0
 CONSUMER_GROUP = "syncd-workers"
 
 
-class ResilientStreamBroker(RedisStreamBroker):
-    """RedisStreamBroker whose `listen` survives Redis going away.
-
-    taskiq-redis's `listen` lets a dropped connection escape, which ends the worker process
-    (its tasks in flight are cancelled unrecorded, their messages pending until the idle
-    timeout). Here the worker logs, backs off, reconnects, re-declares its consumer group
-    (a restarted Redis may have lost it) and goes on; runs in flight finish and ack.
-    """
-
-    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        delay = RECONNECT_MIN_SECONDS
-        while True:
-            try:
-                async for message in super().listen():
-                    delay = RECONNECT_MIN_SECONDS
-                    yield message
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                logger.warning("lost Redis (%s); reconnecting in %.1f s", exc, delay)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                logger.warning("consumer group missing (Redis restarted empty?); recreating it")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-            await self._redeclare_group()
-
-    async def _redeclare_group(self) -> None:
-        try:
-            await self._declare_consumer_group()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            logger.debug("cannot declare the consumer group yet: %s", exc)
-
-
-def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> AsyncBroker:
+def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> StreamConsumer:
     """A broker with every registered task, reading the configured queues."""
     settings = settings or Settings()
     queues = served_queues(registry, settings.queues)
-    broker = ResilientStreamBroker(
+    broker = StreamConsumer(
         url=settings.redis_url,
         queue_name=queue_stream(queues[0]),
         additional_streams={queue_stream(q): ">" for q in queues[1:]},
@@ -87,12 +46,11 @@ def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> Asy
         maxlen=None,
         idle_timeout=settings.idle_timeout_seconds * 1000,
         xread_count=settings.xread_count,
-        # Released automatically if the worker holding it dies.
-        unacknowledged_lock_timeout=30,
-    ).with_middlewares(
-        SimpleRetryMiddleware(default_retry_count=1),
+    )
+    broker.with_middlewares(
+        BackoffRetryMiddleware(),
         # With maxlen=None this is what keeps the streams bounded: it trims consumed entries only.
-        StreamTrimmer(settings.redis_url, [queue_stream(q) for q in queues]),
+        StreamTrimmer(settings.redis_url, broker.streams),
     )
     runner = Runner(
         Limits(
@@ -102,13 +60,9 @@ def make_broker(registry: TaskRegistry, settings: Settings | None = None) -> Asy
             default_timeout=settings.default_timeout_seconds,
         )
     )
-
-    async def stop_children(state: TaskiqState) -> None:
-        runner.close()
-
-    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, stop_children)
+    GracefulShutdown(broker, runner, settings.shutdown_grace_seconds).attach()
     for task_type in registry:
-        register(broker, task_type, runner)
+        register(broker, task_type, runner, settings.max_deliveries)
     return broker
 
 
@@ -122,25 +76,64 @@ def served_queues(registry: TaskRegistry, wanted: Sequence[str]) -> list[str]:
     return sorted(set(wanted))
 
 
-def register(broker: AsyncBroker, task_type: TaskType, runner: Runner) -> None:
+def register(broker: StreamConsumer, task_type: TaskType, runner: Runner, max_deaths: int) -> None:
     """Register a task type: the kwargs sent are validated into its parameter model.
 
     A coroutine task runs on the event loop (a timeout cancels it); a blocking one runs in
-    a child process of the runner, which can stop it (worker.runner).
+    a child process of the runner, which can stop it (worker.runner). A message that killed
+    its worker `max_deaths` times is dead-lettered instead of run.
     """
 
     if task_type.is_async:
 
         async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
+            check_deaths(context.message, max_deaths)
             return await task_type.func(task_type.params.model_validate(kwargs))
 
     else:
 
         async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
-            # The child validates the kwargs, where the function runs.
+            deaths = check_deaths(context.message, max_deaths)
             timeout = context.message.labels.get("timeout")
-            return await runner.run(task_type.name, kwargs, timeout)
+            try:
+                # The child validates the kwargs, where the function runs.
+                return await runner.run(task_type.name, kwargs, timeout)
+            except ChildDied as exc:
+                await send_again(broker, context.message, deaths + 1, max_deaths, exc)
+                raise Requeued from exc
 
     run.__name__ = task_type.name.replace(".", "_")
     run.__doc__ = task_type.func.__doc__
     broker.register_task(run, task_name=task_type.name, queue=task_type.queue)
+
+
+def check_deaths(message: TaskiqMessage, max_deaths: int) -> int:
+    """The deaths this message caused so far; raises DeadLettered at `max_deaths`."""
+    deaths = int_label(message.labels, DEATHS_LABEL)
+    if deaths >= max_deaths:
+        logger.error(
+            "task %s (%s) killed its worker %d times: dead-lettered",
+            message.task_id,
+            message.task_name,
+            deaths,
+        )
+        raise DeadLettered(f"worker died {deaths} time{'s' * (deaths != 1)} running it")
+    return deaths
+
+
+async def send_again(
+    broker: StreamConsumer, message: TaskiqMessage, deaths: int, max_deaths: int, exc: Exception
+) -> None:
+    """A dead child is a death of the attempt: the message goes back with the count raised."""
+    logger.warning(
+        "task %s (%s): %s; delivering it again (death %d of at most %d)",
+        message.task_id,
+        message.task_name,
+        exc,
+        deaths,
+        max_deaths,
+    )
+    again = message.model_copy(deep=True)
+    again.labels[DEATHS_LABEL] = deaths
+    stream = str(message.labels.get("queue_name") or broker.queue_name)
+    await broker.send_later(stream, broker.formatter.dumps(again).message, 0)

@@ -99,8 +99,10 @@ def _child_main(conn: Connection, memory_mb: int, logs: LogSetup) -> None:
     limit = memory_mb * _MIB
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _soft_deadline)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    # Stop signals are the worker's to handle (a group-wide SIGTERM or Ctrl-C reaches the
+    # children too); the runner stops a child with SIGKILL, or the child dies with it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     from worker.tasks import registry  # noqa: PLC0415 - preloaded by the forkserver
 
     while True:

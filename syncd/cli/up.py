@@ -9,6 +9,7 @@ processes separately (README: Deployment); this module only supervises them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,10 @@ from syncd.adapters.migrate import migrate
 from syncd.adapters.redis import RedisStore
 from syncd.core.errors import StoreUnavailable
 from syncd.core.settings import Settings
+from worker.runner import die_with_parent
 
+# What `syncd up` allows beyond the worker's shutdown grace before it kills what is left.
+STOP_MARGIN_SECONDS = 1.5
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS = "redis-server --daemonize yes --port 6379 --save '' --appendonly no"
 
@@ -73,12 +77,23 @@ def _pump(name: str, stream: IO[bytes]) -> None:
         sys.stdout.flush()
 
 
-def supervise(commands: dict[str, list[str]]) -> int:
-    """Run the commands until Ctrl-C (or SIGTERM) or until one exits; stop the rest cleanly."""
+def supervise(commands: dict[str, list[str]], grace: float) -> int:
+    """Run the commands until Ctrl-C (or SIGTERM) or until one exits; stop the rest cleanly.
+
+    Each child leads its own process group and dies with this process (PR_SET_PDEATHSIG):
+    a stop reaches a child only through `_stop`, which forwards it, waits for the worker's
+    shutdown grace, then kills whole groups; a SIGKILLed `syncd up` leaves nothing behind.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     children = {
-        name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        name: subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no thread runs before the last Popen
+        )
         for name, argv in commands.items()
     }
     for name, child in children.items():
@@ -86,13 +101,15 @@ def supervise(commands: dict[str, list[str]]) -> int:
             threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
     try:
         while all(child.poll() is None for child in children.values()):
-            time.sleep(0.5)
+            time.sleep(0.2)
         exited = [n for n, c in children.items() if c.poll() is not None]
         print(f"{', '.join(exited)} exited; stopping the others", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 0
-    _stop(children.values())
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the stop short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop(children.values(), grace + STOP_MARGIN_SECONDS)
     return code
 
 
@@ -100,17 +117,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop(children: Iterable[subprocess.Popen[bytes]]) -> None:
+def _stop(children: Iterable[subprocess.Popen[bytes]], wait: float) -> None:
     running = [c for c in children if c.poll() is None]
     for child in running:
         child.send_signal(signal.SIGINT)  # the scheduler exits cleanly on SIGINT only
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + wait
     for child in running:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # anything a child left in its group
 
 
 def demo_directory() -> None:
@@ -123,7 +143,8 @@ def demo_directory() -> None:
 
 
 def up(taskdefs: str, http_port: int) -> int:
-    advice = prepare_stores(Settings())
+    settings = Settings()
+    advice = prepare_stores(settings)
     if advice:
         for line in advice:
             print(f"error: {line}", file=sys.stderr)
@@ -134,7 +155,7 @@ def up(taskdefs: str, http_port: int) -> int:
         f"stores ok; starting daemon, scheduler and worker on {taskdefs} (Ctrl-C stops)",
         file=sys.stderr,
     )
-    return supervise(processes(taskdefs, http_port))
+    return supervise(processes(taskdefs, http_port), settings.shutdown_grace_seconds)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

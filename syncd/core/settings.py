@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     default_timeout_seconds: float = Field(default=3600.0, gt=0)
     # Address-space limit of the process running one attempt (RLIMIT_AS, MiB).
     task_memory_mb: int = Field(default=1024, ge=128)
+    # On SIGTERM/SIGINT a worker stops fetching and gives running attempts this long to
+    # finish; then it stops them unacknowledged (they are delivered again) and exits.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # A message delivered this many times without an outcome (its worker died each time)
+    # is dead-lettered: recorded as failed and never delivered again.
+    max_deliveries: int = Field(default=3, ge=1, le=100)
+    # Prometheus /metrics of a worker process; process i of `taskiq worker --workers N`
+    # listens on this port + i, on all interfaces. 0 disables.
+    worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
 
     @field_validator("database_url")
     @classmethod

@@ -16,7 +16,8 @@ ERROR_MAX = 80  # characters of an error's first line in a table
 _STOPPED = (
     ("TimeoutError: timed out after", "TIMEOUT"),
     ("MemoryLimitExceeded:", "MEMORY"),
-    ("ChildDied:", "DIED"),
+    ("ChildDied:", "DIED"),  # recorded by earlier versions: a crash is now redelivered
+    ("DeadLettered:", "DEAD"),
 )
 _SINCE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -71,7 +72,8 @@ def execution_json(execution: Execution) -> dict[str, Any]:
 
 
 def outcome(execution: Execution) -> str:
-    """`ok`, or why the attempt failed: `TIMEOUT`, `MEMORY`, `DIED` or `FAILED`."""
+    """`ok`, or why the attempt failed: `TIMEOUT`, `MEMORY`, `DEAD` (dead-lettered after it
+    killed its worker too often), `DIED` or `FAILED`."""
     if execution.is_success:
         return "ok"
     message = execution.error_message or ""

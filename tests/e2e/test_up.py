@@ -3,6 +3,7 @@ or SIGTERM stops every child, and unreachable stores give advice instead of a tr
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -31,26 +32,63 @@ def recorded(cli: Cli) -> list[tuple[str, bool]]:
         ).fetchall()
 
 
+def descendants(root: int) -> set[int]:
+    """Every live process below `root`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_up_runs_the_bundled_taskdefs_until_sigterm(cli: Cli, tmp_path: Path) -> None:
+    grace = 3.0
+    env = dict(cli.env, SYNCD_SHUTDOWN_GRACE_SECONDS=str(grace))
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "syncd.cli", "up", "taskdefs", "--http-port", str(free_port())],
             cwd=REPO,
-            env=cli.env,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a shell gives `make run`
         )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and ("heartbeat", True) not in recorded(cli):
                 time.sleep(0.5)
             assert ("heartbeat", True) in recorded(cli), log.read_text()[-3000:]
+            processes = descendants(proc.pid)
+            # daemon, scheduler, taskiq's main process, its worker, the worker's forkserver
+            assert len(processes) >= 5, processes
         finally:
-            proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
             code = proc.wait(60)
+            took = time.monotonic() - sent
     text = log.read_text()
     assert code == 0, text[-3000:]
+    assert took <= grace + 2, f"stopping took {took:.1f} s"
+    left = {pid for pid in processes if alive(pid)}
+    assert not left, f"left running: {left}"
     assert "Traceback" not in text
     for name in ("watch", "scheduler", "worker"):
         assert f"{name:>9} | " in text

@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from syncd.core.model import Execution
+from syncd.core.model import Execution, Row, TaskConfig
+from syncd.core.plan import TaskPlan
+from syncd.views.explain import Explanation, explain_text
 from syncd.views.history import execution_json, history_text, outcome
 
 START = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -34,6 +36,7 @@ def attempt(ok: bool, error: str | None = None) -> Execution:
         (False, "TimeoutError: timed out after 3 s", "TIMEOUT"),
         (False, "MemoryLimitExceeded: exceeded its memory limit of 256 MiB", "MEMORY"),
         (False, "ChildDied: worker process died running the task (exit code 3)", "DIED"),
+        (False, "DeadLettered: worker died 3 times running it", "DEAD"),
         (False, "ValueError: bad", "FAILED"),
         (False, "TimeoutError: the remote was slow", "FAILED"),  # the task's own TimeoutError
         (False, None, "FAILED"),
@@ -50,3 +53,32 @@ def test_history_shows_a_timeout_as_such() -> None:
     header, row = text.splitlines()
     assert header.split()[:5] == ["COMPLETED", "(UTC)", "TASK", "ATTEMPT", "RESULT"]
     assert row.split()[2:5] == ["job", "1", "TIMEOUT"]
+
+
+def test_explain_shows_the_rows_retry_backoff() -> None:
+    config = TaskConfig(
+        name="job",
+        task_type="data.export",
+        scheduler_type="manual",
+        max_retries=4,
+        retry_backoff_seconds=0.5,
+        retry_backoff_max_seconds=120.0,
+    )
+    row = Row(id=3, config=config, stored_hash="ab" * 32, source_file="a.yaml", source_line=2)
+    view = Explanation(
+        task=TaskPlan(name="job", action="noop", state="inactive", config_id=3, before=config),
+        declared="taskdefs/a.yaml:2",
+        row=row,
+        row_times=(START, None),
+        data_key="syncd:data:task_3",
+        record=None,
+        status_key="schedule:status:3",
+        status="inactive",
+        executions=[],
+        now=START,
+    )
+
+    lines = [line.strip() for line in explain_text(view).splitlines()]
+
+    assert "priority 5, max_retries 4, timeout_seconds —" in lines
+    assert "retry_backoff_seconds 0.5, retry_backoff_max_seconds 120" in lines

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
 
 from syncd.core.model import Execution
 from syncd.core.settings import Settings
@@ -74,14 +75,12 @@ class ExecutionRecorder(TaskiqMiddleware):
         self._batch_size, self._flush_interval = batch_size, flush_interval
         self._max_buffered, self._write_timeout = max_buffered, write_timeout
         self._shutdown_timeout = shutdown_timeout
-        # By message object, not labels: SimpleRetryMiddleware bumps `_retries` in the failed
-        # message's own labels (AsyncKicker.with_labels updates the dict in place) before
-        # post_execute runs, so the labels then already name the next attempt.
+        # By message object: a middleware may replace or change the message's labels.
         self._in_flight: dict[int, Attempt] = {}
         self._buffer: deque[Execution] = deque()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._stopping = self._closed = self._spilled = False
+        self._stopping = self._closed = self._spilled = self._sealed = False
         # Claimed spool files, deleted once `_done` (records taken off the buffer) reaches n.
         self._claims: list[tuple[int, list[Path]]] = []
         self._done = self._written = self._failures = self._spooled = 0
@@ -105,7 +104,7 @@ class ExecutionRecorder(TaskiqMiddleware):
     def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
-        # The retry middleware then swaps result.error for NoResultError: keep the original.
+        # Kept as raised: a middleware running after this one may replace result.error.
         try:
             attempt = self._in_flight.get(id(message))
             if attempt is not None and attempt.message is message:
@@ -114,10 +113,19 @@ class ExecutionRecorder(TaskiqMiddleware):
             logger.exception("recorder: on_error failed")
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        if self._sealed or isinstance(self._raised(message, result), NoResultError):
+            # No outcome: its message was sent again (a dead child) or is being handed back.
+            self._in_flight.pop(id(message), None)
+            return
         try:
             self._enqueue(self._build(message, result))
         except Exception:
             logger.exception("recorder: could not record task %s", message.task_id)
+
+    def _raised(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> BaseException | None:
+        attempt = self._in_flight.get(id(message))
+        seen = attempt.error if attempt is not None and attempt.message is message else None
+        return seen or result.error
 
     async def startup(self) -> None:
         # Clients (kickers, the scheduler) load the same broker but run no tasks.
@@ -129,11 +137,19 @@ class ExecutionRecorder(TaskiqMiddleware):
             logger.exception("recorder: could not read the spool %s", self.spool.path)
         self._flusher = asyncio.create_task(self._run(), name="syncd-recorder-flush")
 
+    def seal(self) -> None:
+        """Record nothing more: the worker is handing back the attempts still running."""
+        self._sealed = True
+
     async def shutdown(self) -> None:
+        await self.stop(self._shutdown_timeout)
+
+    async def stop(self, timeout: float) -> None:
+        """Write what is buffered within `timeout`, spool the rest, close the sink."""
         self._stopping = True
         self._wake.set()
         try:
-            await self._drain()
+            await self._drain(timeout)
             left, self._buffer = list(self._buffer), deque()
             if left:
                 self._spill(left)
@@ -262,14 +278,14 @@ class ExecutionRecorder(TaskiqMiddleware):
         self._release_claims()
         return True
 
-    async def _drain(self) -> None:
+    async def _drain(self, timeout: float) -> None:
         if self._flusher is None and self._buffer:
             self._flusher = asyncio.create_task(self._run(), name="syncd-recorder-drain")
         if self._flusher is None:
             return
         with contextlib.suppress(TimeoutError):
             # On the deadline wait_for cancels the flusher; what is left gets spooled.
-            await asyncio.wait_for(self._flusher, self._shutdown_timeout)
+            await asyncio.wait_for(self._flusher, timeout)
 
 
 def _now() -> datetime:

@@ -120,7 +120,7 @@ def config_id_label(labels: dict[str, Any]) -> int | None:
 
 
 def attempt_number(message: TaskiqMessage) -> int:
-    # SimpleRetryMiddleware re-kicks with the same task_id and counts earlier tries in _retries.
+    # A retry (worker.retries) is sent with the same task_id and counts earlier tries in _retries.
     return int(label_number(message.labels, "_retries") or 0) + 1
 
 
