@@ -15,10 +15,13 @@ from taskiq import TaskiqScheduler
 
 from syncd.core.settings import Settings
 from worker.broker import make_broker
+from worker.metrics import metrics_from_settings
 from worker.recording import recorder_from_settings
 from worker.schedule_source import SyncdScheduleSource
 from worker.tasks import registry
 
 settings = Settings()
-broker = make_broker(registry, settings).with_middlewares(recorder_from_settings(settings))
+broker = make_broker(registry, settings).with_middlewares(
+    metrics_from_settings(settings), recorder_from_settings(settings)
+)
 scheduler = TaskiqScheduler(broker, [SyncdScheduleSource(settings.redis_url, settings.layout)])
