@@ -65,6 +65,7 @@ class Timing:
     wall: float  # worker process start -> all N done (includes start-up)
     steady: float  # first task acked -> all N done
     clean_stop: bool  # the worker exited on SIGINT (else it was killed after STOP_SECONDS)
+    cpu: float  # CPU seconds of the worker's processes, start-up included
 
     def rates(self, count: int) -> tuple[float, float]:
         return count / self.wall, count / self.steady
@@ -158,6 +159,7 @@ def run_worker(stores: Stores, variant: str, count: int, log: Path) -> Timing:
         SYNCD_REDIS_URL=stores.redis_url,
         SYNCD_DATABASE_URL=stores.database_url,
         SYNCD_RECORDER_SPOOL=str(log.with_suffix(".spool.jsonl")),
+        SYNCD_WORKER_METRICS_PORT="0",  # counted as in production, not served
     )
     with (
         log.open("wb") as out,
@@ -179,10 +181,24 @@ def run_worker(stores: Stores, variant: str, count: int, log: Path) -> Timing:
         try:
             first = watch(acked_now, done_now, count, proc)
             done = time.monotonic()
+            cpu = group_cpu_seconds(proc.pid)
         finally:
             clean = stop(proc)
         check_round(variant, count, acked(client), recorded(conn), log)
-    return Timing(variant, done - started, done - first, clean)
+    return Timing(variant, done - started, done - first, clean, cpu)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in the process group, from /proc."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ..., utime (12), stime (13)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop(proc: Popen[bytes]) -> bool:
@@ -248,6 +264,7 @@ def summarize(results: dict[str, list[Timing]], count: int) -> dict[str, dict[st
             "median_tasks_per_s": statistics.median(r[0] for r in rates),
             "median_steady_tasks_per_s": statistics.median(r[1] for r in rates),
             "median_seconds": statistics.median(t.wall for t in timings),
+            "median_cpu_ms_per_task": statistics.median(1000 * t.cpu / count for t in timings),
         }
     return summary
 
@@ -258,7 +275,8 @@ def print_summary(summary: dict[str, dict[str, float]], count: int, rounds: int)
         print(
             f"  {variant:>11}: {numbers['median_tasks_per_s']:6.0f} tasks/s incl. start-up, "
             f"{numbers['median_steady_tasks_per_s']:6.0f} tasks/s steady "
-            f"({numbers['median_seconds']:.2f} s)"
+            f"({numbers['median_seconds']:.2f} s), "
+            f"{1000 * numbers['median_cpu_ms_per_task']:.0f} us of worker CPU per task"
         )
         print(f"  {'':>11}  {shlex.join(worker_command(APPS[variant]))}")
     with_, without = summary["recorder"], summary["no recorder"]

@@ -81,6 +81,9 @@ class StreamConsumer(RedisStreamBroker):
         self.outstanding: dict[Entry, bytes] = {}
         self._mover: asyncio.Task[None] | None = None
         self.handed_back = False  # from then on this worker sends nothing
+        # One client for the short commands (acks above all): building a Redis client costs
+        # more than the XACK itself. Commands take connections from the shared pool.
+        self.client = Redis(connection_pool=self.connection_pool)
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         delay = RECONNECT_MIN_SECONDS
@@ -179,8 +182,7 @@ class StreamConsumer(RedisStreamBroker):
         async def ack() -> None:
             if self.outstanding.pop((stream, entry_id), None) is None:
                 return  # handed back already
-            async with Redis(connection_pool=self.connection_pool) as client:
-                await client.xack(stream, self.consumer_group_name, entry_id)
+            await self.client.xack(stream, self.consumer_group_name, entry_id)
 
         return ack
 
@@ -191,10 +193,7 @@ class StreamConsumer(RedisStreamBroker):
         if not entries:
             return 0
         try:
-            async with (
-                Redis(connection_pool=self.connection_pool) as client,
-                client.pipeline(transaction=True) as pipe,
-            ):
+            async with self.client.pipeline(transaction=True) as pipe:
                 for (stream, entry_id), data in entries.items():
                     pipe.xadd(stream, {b"data": data})
                     pipe.xack(stream, self.consumer_group_name, entry_id)
@@ -214,11 +213,10 @@ class StreamConsumer(RedisStreamBroker):
             # Its attempt's message was handed back: it runs again, sending it is not ours.
             logger.info("not sending a message to %s: shutting down", stream)
             return
-        async with Redis(connection_pool=self.connection_pool) as client:
-            if delay <= 0:
-                await client.xadd(stream, {b"data": data})
-            else:
-                await client.zadd(delayed_key(stream), {data: time.time() + delay})
+        if delay <= 0:
+            await self.client.xadd(stream, {b"data": data})
+        else:
+            await self.client.zadd(delayed_key(stream), {data: time.time() + delay})
 
     async def startup(self) -> None:
         await super().startup()

@@ -45,6 +45,9 @@ logger = logging.getLogger("worker.recorder")
 # Attempts whose post_execute never came (another middleware raised first) must not pile up.
 MAX_IN_FLIGHT = 10_000
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+# The flusher writes once no record came for this long (or the batch is full, or it waited
+# `flush_interval`): bursts make few big statements, the end of a burst is written soon.
+QUIET_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class ExecutionRecorder(TaskiqMiddleware):
         *,
         spool_path: Path | None = None,
         batch_size: int = 500,
-        flush_interval: float = 0.5,
+        flush_interval: float = 0.2,
         max_buffered: int = 100_000,
         write_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
@@ -84,6 +87,7 @@ class ExecutionRecorder(TaskiqMiddleware):
         # Claimed spool files, deleted once `_done` (records taken off the buffer) reaches n.
         self._claims: list[tuple[int, list[Path]]] = []
         self._done = self._written = self._failures = self._spooled = 0
+        self._last_record = 0.0
 
     @property
     def stats(self) -> RecorderStats:
@@ -195,7 +199,9 @@ class ExecutionRecorder(TaskiqMiddleware):
             self._spill([record], durable=self._closed)
             return
         self._buffer.append(record)
-        if len(self._buffer) >= self._batch_size:
+        self._last_record = time.monotonic()
+        # The first record wakes an idle flusher; a full batch cuts its lingering short.
+        if len(self._buffer) in (1, self._batch_size):
             self._wake.set()
 
     def _spill(self, records: Sequence[Execution], durable: bool = True) -> None:
@@ -254,11 +260,27 @@ class ExecutionRecorder(TaskiqMiddleware):
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _wait_for_work(self) -> None:
-        if self._stopping or len(self._buffer) >= self._batch_size:
-            return
+        """Sleep until there is something to write, then linger while records keep coming
+        (for at most `flush_interval`, or until a batch is full): a burst goes out in few
+        statements, and its last records, or a lone one, QUIET_SECONDS after they came."""
+        if not self._buffer and not self._stopping:
+            self._wake.clear()
+            if self._spilled:  # the spool is retried every interval, record or not
+                await self._wait_for_wake(BACKOFF_MAX)
+            else:
+                await self._wake.wait()
+        deadline = time.monotonic() + self._flush_interval
+        while len(self._buffer) < self._batch_size and not self._stopping:
+            wake_at = min(deadline, self._last_record + QUIET_SECONDS)
+            now = time.monotonic()
+            if now >= wake_at:
+                return
+            self._wake.clear()
+            await self._wait_for_wake(wake_at - now)
+
+    async def _wait_for_wake(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._flush_interval)
-        self._wake.clear()
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _flush_once(self) -> bool:
         if not self._buffer:

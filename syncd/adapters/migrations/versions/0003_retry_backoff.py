@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-12-08
+Create Date: 2026-12-02
 
 The server defaults are the taskdef defaults, so rows written before this revision stay
 valid and read back as the configuration git still declares for them (their content hash
