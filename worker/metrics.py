@@ -4,8 +4,8 @@
 every attempt by task type and result (ok, failed, timeout, memory, died, dead_letter),
 times it, and keeps a gauge of the attempts running. In a worker process it serves
 `/metrics` from a registry of its own on `SYNCD_WORKER_METRICS_PORT` (+ the process index
-of `taskiq worker --workers N`), on all interfaces; a port already taken is logged and the
-worker runs on without metrics.
+of `taskiq worker --workers N`) and `SYNCD_WORKER_METRICS_HOST` (loopback by default); a
+port already taken is logged and the worker runs on without metrics.
 
 The queue gauges (`QueueCollector`) are read from Redis at scrape time, in the HTTP
 server's thread, through a sync client with a short timeout: how many entries of each
@@ -86,7 +86,7 @@ DURATION_BUCKETS = (
     3600.0,
 )
 # Like other Prometheus exporters: reachable by the scraper. Restrict it with network policy.
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+LOOPBACK = "127.0.0.1"
 QUEUE_TIMEOUT_SECONDS = 1.0
 # Attempts whose post_execute never came (another middleware raised first) must not pile up.
 MAX_IN_FLIGHT = 10_000
@@ -421,7 +421,7 @@ class MetricsMiddleware(TaskiqMiddleware):
         metrics: WorkerMetrics | None = None,
         *,
         port: int = 0,
-        host: str = ALL_INTERFACES,
+        host: str = LOOPBACK,
         redis_url: str | None = None,
         streams: Sequence[str] | None = None,
         consumer_group: str | None = None,
@@ -535,5 +535,10 @@ class MetricsMiddleware(TaskiqMiddleware):
 
 def metrics_from_settings(settings: Settings, **options: Any) -> MetricsMiddleware:
     """The metrics middleware a worker adds to its broker: port and Redis from settings."""
-    options = {"port": settings.worker_metrics_port, "redis_url": settings.redis_url, **options}
+    options = {
+        "port": settings.worker_metrics_port,
+        "host": settings.worker_metrics_host,
+        "redis_url": settings.redis_url,
+        **options,
+    }
     return MetricsMiddleware(**options)

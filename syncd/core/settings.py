@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     # is dead-lettered: recorded as failed and never delivered again.
     max_deliveries: int = Field(default=3, ge=1, le=100)
     # Prometheus /metrics of a worker process; process i of `taskiq worker --workers N`
-    # listens on this port + i, on all interfaces. 0 disables.
+    # listens on this port + i. 0 disables. Loopback by default, like the daemon's: set
+    # SYNCD_WORKER_METRICS_HOST=0.0.0.0 for a scraper on another machine.
     worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("database_url")
     @classmethod
