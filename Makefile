@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo stack runs under the demo operator policy unless SYNCD_POLICY names another.
+run worker scheduler watch: export SYNCD_POLICY ?= $(CURDIR)/policy/demo.yaml
+
 # Validate, migrate, then the daemon (which syncs), the scheduler and a worker, until Ctrl-C.
 run: $(STAMP)
 	$(BIN)/syncd validate $(DIR)
@@ -48,6 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+bench: export SYNCD_POLICY ?= $(CURDIR)/bench/policy.yaml
 bench: $(STAMP)
 	$(BIN)/python bench/validate_bench.py
 	$(BIN)/python bench/sync_bench.py
@@ -56,6 +60,7 @@ bench: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/syncd schema > schemas/taskdef.schema.json
+	$(BIN)/syncd schema --policy > schemas/policy.schema.json
 
 check: lint typecheck test
 

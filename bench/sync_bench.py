@@ -307,7 +307,9 @@ async def put_schedule(clients: NaiveClients, config_id: int, config: TaskConfig
 
 
 async def naive_first_sync(root: Path, clients: NaiveClients) -> int:
-    loaded = load_taskdefs(root, clients.tasks.params, now=datetime.now(UTC))
+    loaded = load_taskdefs(
+        root, clients.tasks.params, now=datetime.now(UTC), policy=clients.tasks.policy
+    )
     # expire_on_commit=False: reading row.id after commit would otherwise cost a SELECT.
     with Session(clients.engine, expire_on_commit=False) as session:
         for task in loaded.tasks:
@@ -326,7 +328,9 @@ def stored_config(row: TaskConfigModel) -> TaskConfig:
 
 async def naive_resync(root: Path, clients: NaiveClients) -> int:
     """Per task: SELECT by name and compare; GET the schedule data and compare. Returns writes."""
-    loaded = load_taskdefs(root, clients.tasks.params, now=datetime.now(UTC))
+    loaded = load_taskdefs(
+        root, clients.tasks.params, now=datetime.now(UTC), policy=clients.tasks.policy
+    )
     writes = 0
     with Session(clients.engine, expire_on_commit=False) as session:
         for task in loaded.tasks:

@@ -29,6 +29,8 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# diagnostics.noop is registered only with SYNCD_DIAGNOSTICS=1 (here and in the workers).
+os.environ["SYNCD_DIAGNOSTICS"] = "1"
 from taskiq.kicker import AsyncKicker
 
 from syncd.adapters.migrate import migrate
@@ -160,6 +162,7 @@ def run_worker(stores: Stores, variant: str, count: int, log: Path) -> Timing:
         SYNCD_DATABASE_URL=stores.database_url,
         SYNCD_RECORDER_SPOOL=str(log.with_suffix(".spool.jsonl")),
         SYNCD_WORKER_METRICS_PORT="0",  # counted as in production, not served
+        SYNCD_DIAGNOSTICS="1",
     )
     with (
         log.open("wb") as out,

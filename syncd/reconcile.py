@@ -125,7 +125,9 @@ def reconcile_once(
     timed = _Timer(on_phase)
     with gc_paused(), ExitStack() as held:
         with timed("load"):
-            loaded = load_taskdefs(taskdefs, catalog.params, now=now, cache=cache)
+            loaded = load_taskdefs(
+                taskdefs, catalog.params, now=now, cache=cache, policy=catalog.policy
+            )
         with timed("revision"):
             revision = revision_of(taskdefs) if taskdefs.is_dir() else None
         with timed("desired"):

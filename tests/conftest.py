@@ -1,7 +1,13 @@
-"""Shared fixtures: a helper that writes taskdef files into a temporary directory."""
+"""Shared fixtures: a helper that writes taskdef files into a temporary directory.
+
+Every test runs under tests/policy.yaml (a permissive operator policy for temporary
+directories and local servers) with the diagnostics.* task types registered, unless it
+sets its own: both are read from the environment, before the task registry is imported.
+"""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,9 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.services import private_database, private_redis_db
+from tests.services import TEST_POLICY, private_database, private_redis_db
 
 WriteTaskdef = Callable[[str, str], Path]
+os.environ["SYNCD_POLICY"] = str(TEST_POLICY)
+os.environ["SYNCD_DIAGNOSTICS"] = "1"
 
 
 @pytest.fixture

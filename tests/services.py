@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import redis
@@ -22,6 +23,22 @@ PG_ADMIN_DSN = os.environ.get(
 PG_URL_BASE = os.environ.get("SYNCD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 CLAIM_TTL_SECONDS = 6 * 3600
+# The operator policy tests run under (permissive for temporary directories and local servers).
+TEST_POLICY = Path(__file__).resolve().parent / "policy.yaml"
+
+
+def store_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of a syncd or taskiq process in a test: these stores, the test
+    policy, the diagnostics task types, no worker metrics port (tests of it set one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update(
+        SYNCD_DATABASE_URL=database_url,
+        SYNCD_REDIS_URL=redis_url,
+        SYNCD_POLICY=str(TEST_POLICY),
+        SYNCD_DIAGNOSTICS="1",
+        SYNCD_WORKER_METRICS_PORT="0",
+    )
+    return env
 
 
 @contextmanager

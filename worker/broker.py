@@ -21,9 +21,11 @@ from syncd.core.keys import queue_stream
 from syncd.core.settings import Settings
 from worker.consumer import DEATHS_LABEL, StreamConsumer, int_label
 from worker.outcomes import DeadLettered, Requeued
+from worker.policy import prepare
 from worker.registry import TaskRegistry, TaskType
 from worker.retries import BackoffRetryMiddleware
 from worker.runner import ChildDied, Limits, Runner
+from worker.secrets import redact, redacted_logs
 from worker.shutdown import GracefulShutdown
 from worker.streams import StreamTrimmer
 
@@ -88,7 +90,9 @@ def register(broker: StreamConsumer, task_type: TaskType, runner: Runner, max_de
 
         async def run(context: Context = TaskiqDepends(), **kwargs: Any) -> Any:
             check_deaths(context.message, max_deaths)
-            return await task_type.func(task_type.params.model_validate(kwargs))
+            params, secrets = prepare(task_type.name, task_type.params, kwargs)
+            with redacted_logs(secrets):
+                return redact(await task_type.func(params), secrets)
 
     else:
 

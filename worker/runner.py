@@ -40,6 +40,9 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from worker.policy import prepare
+from worker.secrets import redact, redacted_logs
+
 logger = logging.getLogger("worker.runner")
 
 # The soft deadline comes this long before the hard one (at most a tenth of the timeout),
@@ -118,15 +121,20 @@ def _child_main(conn: Connection, memory_mb: int, logs: LogSetup) -> None:
 
 def _run_one(registry: Any, task_name: str, params: Any, soft_seconds: float) -> tuple[Any, ...]:
     task_type = registry[task_name]
+    secrets: list[str] = []
     signal.setitimer(signal.ITIMER_REAL, max(soft_seconds, 0.001))
     try:
-        result = task_type.func(task_type.params.model_validate(params))
-        return ("ok", result)
+        # Secrets resolved and parameters validated here, with the worker's policy: checked
+        # again at run time, whoever wrote the message; the values stay in this process.
+        checked, secrets = prepare(task_name, task_type.params, params)
+        with redacted_logs(secrets):
+            result = task_type.func(checked)
+        return ("ok", redact(result, secrets))
     except MemoryError:
         return ("memory",)
     except BaseException as exc:
         text = "".join(traceback.format_exception(exc))
-        return ("error", type(exc).__name__, str(exc), text)
+        return ("error", type(exc).__name__, redact(str(exc), secrets), redact(text, secrets))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 

@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("dir", nargs="?", default=DEFAULT_DIR)
     validate.add_argument("--format", choices=("text", "json"), default="text")
 
-    _command(commands, "schema", "validate:cmd_schema", "print the JSON Schema of a taskdef file")
+    schema = _command(
+        commands, "schema", "validate:cmd_schema", "print the JSON Schema of a taskdef file"
+    )
+    schema.add_argument(
+        "--policy", action="store_true", help="the JSON Schema of the operator policy file instead"
+    )
 
     migrate = _command(
         commands, "migrate", "operate:cmd_migrate", "create or upgrade the database schema"

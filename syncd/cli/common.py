@@ -14,12 +14,15 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from syncd.core.model import TaskCatalog
+from syncd.core.settings import Settings
+from syncd.load.policy import load_policy
 from worker.tasks import registry
 
 
 def catalog() -> TaskCatalog:
-    """The worker's registry as data: parameter models and queues by task type."""
-    return TaskCatalog(registry.params_models(), {t.name: t.queue for t in registry})
+    """The worker's registry as data, with the operator policy (SYNCD_POLICY) to apply."""
+    policy = load_policy(Settings().policy)
+    return TaskCatalog(registry.params_models(), {t.name: t.queue for t in registry}, policy)
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from syncd.cli.options import guard_options, settings_from
 from syncd.core.guards import SyncOptions
 from syncd.core.offline import applied_state
 from syncd.core.plan import Plan, plan
+from syncd.core.problems import Problem
 from syncd.load.loader import build_desired, load_taskdef_blobs, load_taskdefs
 from syncd.views.plan_json import render_json
 from syncd.views.plan_markdown import render_markdown
@@ -50,7 +52,7 @@ def _reconcile(args: argparse.Namespace, options: SyncOptions) -> int:
         )
     for problem in outcome.loaded.problems:
         print(problem, file=sys.stderr)
-    print_plan(outcome.plan, args)
+    print_plan(outcome.plan, args, outcome.loaded.problems)
     for reason in outcome.refusals:
         print(f"error: {reason}", file=sys.stderr)
     if outcome.applied is not None:
@@ -69,8 +71,10 @@ def _plan_against(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     tasks = catalog()
     root = Path(args.dir)
-    base_loaded = load_taskdef_blobs(files_at(args.against, root), args.dir, tasks.params, now)
-    head_loaded = load_taskdefs(root, tasks.params, now=now)
+    base_loaded = load_taskdef_blobs(
+        files_at(args.against, root), args.dir, tasks.params, now, tasks.policy
+    )
+    head_loaded = load_taskdefs(root, tasks.params, now=now, policy=tasks.policy)
     for problem in head_loaded.problems:
         print(problem, file=sys.stderr)
     layout = settings_from(args).layout
@@ -78,17 +82,19 @@ def _plan_against(args: argparse.Namespace) -> int:
     the_plan = plan(
         build_desired(head_loaded, tasks, None), applied_state(base, now, layout), now, layout
     )
-    print_plan(the_plan, args)
+    print_plan(the_plan, args, head_loaded.problems)
     if head_loaded.errors:
         return 1
     return 2 if args.detailed_exitcode and not the_plan.is_empty else 0
 
 
-def print_plan(the_plan: Plan, args: argparse.Namespace) -> None:
+def print_plan(the_plan: Plan, args: argparse.Namespace, problems: Sequence[Problem] = ()) -> None:
+    """The plan in the chosen format; a markdown comment also lists the taskdef problems
+    (the other formats leave them to stderr)."""
     if args.format == "json":
         print_json(render_json(the_plan))
     elif args.format == "markdown":
-        print(render_markdown(the_plan, now=datetime.now(UTC)))
+        print(render_markdown(the_plan, now=datetime.now(UTC), problems=problems))
     else:
         color = sys.stdout.isatty() and not args.no_color
         print(render_text(the_plan, color=color, verbose=args.verbose, now=datetime.now(UTC)))

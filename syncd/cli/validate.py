@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
+from schemas.policy import json_schema as policy_json_schema
 from schemas.taskdef import json_schema
 from syncd.cli.common import catalog, print_json
 from syncd.load.loader import LoadResult, load_taskdefs
@@ -13,7 +14,8 @@ from syncd.views.validation import Validation, validation_report, validation_sum
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = load_taskdefs(args.dir, catalog().params, now=datetime.now(UTC))
+    tasks = catalog()
+    result = load_taskdefs(args.dir, tasks.params, now=datetime.now(UTC), policy=tasks.policy)
     validation = validation_of(result)
     if args.format == "json":
         print_json(validation_report(validation))
@@ -31,5 +33,5 @@ def validation_of(result: LoadResult) -> Validation:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print_json(json_schema())
+    print_json(policy_json_schema() if args.policy else json_schema())
     return 0

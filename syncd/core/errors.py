@@ -2,6 +2,7 @@
 
     SyncdError                      base: everything syncd raises on purpose
     ├── TaskdefError                the YAML has problems (carries every `path:line:col: message`)
+    │   └── PolicyError             the operator policy file has problems (same form)
     ├── StoreUnavailable            PostgreSQL or Redis cannot be reached or answered with an error
     ├── SchemaMissing               the database has no (or an old) schema: run `syncd migrate`
     ├── SyncRefused                 a safety rule stopped the sync (mass delete, empty taskdefs...)
@@ -39,6 +40,13 @@ class TaskdefError(SyncdError):
 
     def lines(self) -> list[str]:
         return [str(problem) for problem in self.problems]
+
+
+class PolicyError(TaskdefError):
+    """The operator policy file (SYNCD_POLICY) is missing or invalid."""
+
+    def __str__(self) -> str:
+        return "; ".join(str(problem) for problem in self.problems)
 
 
 class StoreUnavailable(SyncdError):

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
 
+from schemas.policy import DEFAULT_POLICY, Policy
 from schemas.taskdef import (
     DEFAULT_RETRY_BACKOFF_MAX_SECONDS,
     DEFAULT_RETRY_BACKOFF_SECONDS,
@@ -200,10 +201,12 @@ class Actual:
 
 @dataclass(frozen=True)
 class TaskCatalog:
-    """The worker's registry as data: parameter models and queues by task type."""
+    """The worker's registry as data (parameter models and queues by task type), and the
+    operator policy taskdefs are checked against."""
 
     params: Mapping[str, Any]  # task_type -> pydantic model class of its parameters
     queues: Mapping[str, str]
+    policy: Policy = DEFAULT_POLICY
 
     def queue_for(self, task_type: str) -> str:
         return queue_for(self.queues, task_type)

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 
+    # The operator policy file: what taskdefs may make workers do (file roots, webhook
+    # egress, limits). None: the safe defaults.
+    policy: Path | None = None
+    # Register the diagnostics.* task types (tests and the demo stack); off in production.
+    diagnostics: bool = False
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:

@@ -241,7 +241,7 @@ class Daemon:
     def _forget_stale_cache(self, outcome: Outcome) -> None:
         # LoadCache never evicts: without this, every edit would stay in memory forever.
         live = {(f.source, f.digest) for f in outcome.loaded.files}
-        for key in [k for k in self._cache.entries if k not in live]:
+        for key in [k for k in self._cache.entries if k[:2] not in live]:
             del self._cache.entries[key]
 
     # -- watching --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.policy import DEFAULT_POLICY, Policy
 from schemas.taskdef import TaskDef
 from syncd.core.gcpause import gc_paused
 from syncd.core.model import Desired, DesiredTask, TaskCatalog, TaskConfig, config_from_taskdef
@@ -107,7 +108,7 @@ def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None
 class LoadCache:
     """Per-file results by content digest, so a daemon re-validates only changed files."""
 
-    entries: dict[tuple[str, str], FileResult] = field(default_factory=dict)
+    entries: dict[tuple[str, str, Policy], FileResult] = field(default_factory=dict)
 
 
 def find_taskdef_files(root: Path) -> list[Path]:
@@ -127,6 +128,7 @@ def load_taskdefs(
     task_types: TaskTypes | None,
     now: datetime | None = None,
     cache: LoadCache | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> LoadResult:
     """Load and validate the whole directory; never raises for bad content."""
     root_path = Path(root)
@@ -137,9 +139,10 @@ def load_taskdefs(
         return LoadResult(str(root), (), (problem,))
     with gc_paused():
         files = [
-            load_file(path, root_path, task_types, cache) for path in find_taskdef_files(root_path)
+            load_file(path, root_path, task_types, cache, policy)
+            for path in find_taskdef_files(root_path)
         ]
-        return _assemble(str(root), files, now)
+        return _assemble(str(root), files, now, policy)
 
 
 def load_taskdef_blobs(
@@ -147,6 +150,7 @@ def load_taskdef_blobs(
     shown_root: str,
     task_types: TaskTypes | None,
     now: datetime | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> LoadResult:
     """Like load_taskdefs, for files held in memory (e.g. read from a git ref)."""
     names = sorted(
@@ -154,28 +158,37 @@ def load_taskdef_blobs(
         for n in blobs
         if n.endswith(YAML_SUFFIXES) and not any(part.startswith(".") for part in n.split("/"))
     )
-    files = [_checked_blob(blobs[n], n, f"{shown_root}/{n}", task_types) for n in names]
-    return _assemble(shown_root, files, now)
+    files = [_checked_blob(blobs[n], n, f"{shown_root}/{n}", task_types, policy) for n in names]
+    return _assemble(shown_root, files, now, policy)
 
 
-def _checked_blob(raw: bytes, source: str, shown: str, task_types: TaskTypes | None) -> FileResult:
+def _checked_blob(
+    raw: bytes, source: str, shown: str, task_types: TaskTypes | None, policy: Policy
+) -> FileResult:
     if len(raw) > MAX_FILE_BYTES:
         return _failed(
             source, shown, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}"
         )
-    return parse_file(raw, source, shown, task_types)
+    return parse_file(raw, source, shown, task_types, policy=policy)
 
 
-def _assemble(root: str, files: list[FileResult], now: datetime | None) -> LoadResult:
+def _assemble(
+    root: str, files: list[FileResult], now: datetime | None, policy: Policy
+) -> LoadResult:
     problems = [p for f in files for p in f.problems]
     problems += duplicate_name_problems(files)
+    problems += too_many_tasks(root, files, policy)
     if now is not None:
         problems += expired_at_warnings(files, now)
     return LoadResult(root, tuple(files), tuple(sorted(problems)))
 
 
 def load_file(
-    path: Path, root: Path, task_types: TaskTypes | None, cache: LoadCache | None = None
+    path: Path,
+    root: Path,
+    task_types: TaskTypes | None,
+    cache: LoadCache | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> FileResult:
     source = path.relative_to(root).as_posix()
     shown = str(path)
@@ -188,7 +201,7 @@ def load_file(
         raw = path.read_bytes()
     except OSError as exc:
         return _failed(source, shown, "", f"cannot read file: {exc.strerror or exc}")
-    return parse_file(raw, source, shown, task_types, cache)
+    return parse_file(raw, source, shown, task_types, cache, policy=policy)
 
 
 def parse_file(
@@ -197,19 +210,28 @@ def parse_file(
     shown: str,
     task_types: TaskTypes | None,
     cache: LoadCache | None = None,
+    *,
+    policy: Policy = DEFAULT_POLICY,
 ) -> FileResult:
-    """Validate one file's bytes (cached by digest when a cache is given)."""
+    """Validate one file's bytes (cached by digest and policy when a cache is given)."""
     digest = hashlib.sha256(raw).hexdigest()
-    if cache is not None and (hit := cache.entries.get((source, digest))) is not None:
+    key = (source, digest, policy)
+    if cache is not None and (hit := cache.entries.get(key)) is not None:
         return hit if hit.path == shown else _reshown(hit, shown)
-    result = _parse_uncached(raw, source, shown, digest, task_types)
+    result = _parse_uncached(raw, source, shown, digest, task_types=task_types, policy=policy)
     if cache is not None:
-        cache.entries[(source, digest)] = result
+        cache.entries[key] = result
     return result
 
 
 def _parse_uncached(
-    raw: bytes, source: str, shown: str, digest: str, task_types: TaskTypes | None
+    raw: bytes,
+    source: str,
+    shown: str,
+    digest: str,
+    *,
+    task_types: TaskTypes | None,
+    policy: Policy,
 ) -> FileResult:
     text, problem = decode_utf8(raw)
     if problem is not None:
@@ -224,10 +246,11 @@ def _parse_uncached(
         return _failed(
             source, shown, digest, "file has no content (expected 'version: 1' and 'tasks:')"
         )
-    found = validate_document(data, marks, task_types)
+    found = validate_document(data, marks, task_types, policy)
     problems = tuple(Problem(shown, line, col, msg) for line, col, msg in found.problems)
     tasks = tuple(LoadedTask(spec, source, shown, line) for spec, line in found.tasks)
-    return FileResult(source, shown, digest, tasks if not problems else (), problems)
+    warnings = tuple(Problem(shown, *where, severity="warning") for where in found.warnings)
+    return FileResult(source, shown, digest, tasks if not problems else (), problems + warnings)
 
 
 def decode_utf8(raw: bytes) -> tuple[str, tuple[int, int, str] | None]:
@@ -253,6 +276,16 @@ def _reshown(result: FileResult, shown: str) -> FileResult:
     for old, new in zip(result.tasks, tasks, strict=True):
         new.__dict__["config"] = old.config  # keep the cached config (and its hash)
     return FileResult(result.source, shown, result.digest, tasks, problems)
+
+
+def too_many_tasks(root: str, files: Iterable[FileResult], policy: Policy) -> list[Problem]:
+    """The policy's `limits.max_tasks`, over every file: an error that stops the sync."""
+    limit = policy.limits.max_tasks
+    count = sum(len(f.tasks) for f in files)
+    if limit is None or count <= limit:
+        return []
+    message = f"{count} tasks; the operator policy allows at most {limit} (limits.max_tasks)"
+    return [Problem(root, 0, 0, message)]
 
 
 def duplicate_name_problems(files: Iterable[FileResult]) -> list[Problem]:

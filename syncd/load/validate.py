@@ -9,6 +9,7 @@ parser recorded. A file with any problem yields no tasks (its tasks are frozen).
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from schemas.kinds import validation_context
+from schemas.policy import DEFAULT_POLICY, LimitsPolicy, Policy
+from schemas.secrets import credential_hints, secret_refs
 from schemas.taskdef import TaskDef, TaskdefFile
 from syncd.load.yamlsafe import Marks, Position
 
@@ -26,12 +30,19 @@ Loc = tuple[int | str, ...]
 class Found:
     problems: list[tuple[int, int, str]] = field(default_factory=list)
     tasks: list[tuple[TaskDef, int]] = field(default_factory=list)
+    warnings: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def validate_document(
-    data: Any, marks: Marks, task_types: Mapping[str, type[BaseModel]] | None
+    data: Any,
+    marks: Marks,
+    task_types: Mapping[str, type[BaseModel]] | None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Found:
-    """Validate a whole file in one pass; a file with any problem yields no tasks."""
+    """Validate a whole file in one pass; a file with any problem yields no tasks.
+
+    The operator policy applies to the parameters (through their kinds, schemas.kinds) and
+    to the limits (`limit_problems`)."""
     found = Found()
     if not isinstance(data, dict):
         found.problems.append((1, 1, "a taskdef file is a mapping with 'version: 1' and 'tasks:'"))
@@ -44,12 +55,15 @@ def validate_document(
         errors: list[ErrorDetails] = []
     except ValidationError as exc:
         document, errors = None, exc.errors()
-    found.problems.extend(_locate(data, marks, (), error) for error in errors)
+    found.problems.extend(locate(data, marks, (), error) for error in errors)
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, list) or any(e["loc"][:1] != ("tasks",) for e in errors):
         return found
     for index, raw in enumerate(raw_tasks):
-        found.problems.extend(_check_task_type(index, raw, data, marks, task_types))
+        found.problems.extend(_check_task_type(index, raw, data, marks, (task_types, policy)))
+        found.warnings.extend(_credential_warnings(index, raw, data, marks))
+    if document is not None:
+        found.problems.extend(limit_problems(document, data, marks, policy.limits))
     if document is not None and not found.problems:
         task_items = marks.items.get(id(raw_tasks), [])
         found.tasks.extend(
@@ -112,9 +126,11 @@ def _check_task_type(
     raw: Any,
     data: Any,
     marks: Marks,
-    task_types: Mapping[str, type[BaseModel]] | None,
+    rules: tuple[Mapping[str, type[BaseModel]] | None, Policy],
 ) -> list[tuple[int, int, str]]:
-    """Check task_type and parameters against the registry, even when other fields are bad."""
+    """Check task_type and parameters against the registry and the policy, even when other
+    fields are bad."""
+    task_types, policy = rules
     if task_types is None or not isinstance(raw, dict) or not isinstance(raw.get("task_type"), str):
         return []
     base: Loc = ("tasks", index)
@@ -131,13 +147,91 @@ def _check_task_type(
     if not isinstance(parameters, dict):
         return []  # the format check already says parameters must be a mapping
     try:
-        model.model_validate(parameters)
+        model.model_validate(parameters, context=validation_context(policy, task_type))
     except ValidationError as exc:
-        return [_locate(data, marks, (*base, "parameters"), e) for e in exc.errors()]
+        # A secret reference stands for a value only the worker knows: it checks it then.
+        refs = [loc for loc, _ in secret_refs(parameters)]
+        return [
+            locate(data, marks, (*base, "parameters"), e)
+            for e in exc.errors()
+            if not any(tuple(e["loc"][: len(ref)]) == ref for ref in refs)
+        ]
     return []
 
 
-def _locate(data: Any, marks: Marks, prefix: Loc, error: ErrorDetails) -> tuple[int, int, str]:
+def _credential_warnings(
+    index: int, raw: Any, data: Any, marks: Marks
+) -> list[tuple[int, int, str]]:
+    parameters = raw.get("parameters") if isinstance(raw, dict) else None
+    if not isinstance(parameters, dict):
+        return []
+    base: Loc = ("tasks", index, "parameters")
+    return [
+        _at(
+            data,
+            marks,
+            (*base, *loc),
+            f"{_label((*base, *loc), data)}: looks like a credential ({why}); put it in a "
+            "secret and write {secret: NAME} here (the worker reads SYNCD_SECRET_NAME)",
+        )
+        for loc, why in credential_hints(parameters)
+    ]
+
+
+def limit_problems(
+    document: TaskdefFile, data: Any, marks: Marks, limits: LimitsPolicy
+) -> list[tuple[int, int, str]]:
+    """The operator policy's limits, each at the value that passes it."""
+    problems = []
+    for index, task in enumerate(document.tasks):
+        base: Loc = ("tasks", index)
+        for key, message in _over_limits(task, limits):
+            loc = (*base, *key)
+            problems.append(_at(data, marks, loc, f"{_label(loc, data)}: {message}"))
+    return problems
+
+
+def _over_limits(task: TaskDef, limits: LimitsPolicy) -> list[tuple[Loc, str]]:
+    hint = "(operator policy limits.{})"
+    found: list[tuple[Loc, str]] = []
+    interval = getattr(task.schedule, "interval", None)
+    if interval is not None and interval < limits.min_interval_seconds:
+        found.append(
+            (
+                ("schedule", "interval"),
+                f"interval {interval} s is below the minimum of {limits.min_interval_seconds} s "
+                + hint.format("min_interval_seconds"),
+            )
+        )
+    if task.max_retries > limits.max_retries:
+        found.append(
+            (
+                ("max_retries",),
+                f"{task.max_retries} retries; at most {limits.max_retries} "
+                + hint.format("max_retries"),
+            )
+        )
+    if task.timeout_seconds is not None and task.timeout_seconds > limits.max_timeout_seconds:
+        found.append(
+            (
+                ("timeout_seconds",),
+                f"{task.timeout_seconds} s; at most {limits.max_timeout_seconds} s "
+                + hint.format("max_timeout_seconds"),
+            )
+        )
+    size = len(json.dumps(task.parameters, ensure_ascii=False).encode())
+    if size > limits.max_parameters_bytes:
+        found.append(
+            (
+                ("parameters",),
+                f"parameters are {size} bytes as JSON; at most {limits.max_parameters_bytes} "
+                + hint.format("max_parameters_bytes"),
+            )
+        )
+    return found
+
+
+def locate(data: Any, marks: Marks, prefix: Loc, error: ErrorDetails) -> tuple[int, int, str]:
     loc = _without_schedule_tag((*prefix, *error["loc"]))
     message = _message(error)
     # A missing key is reported at its mapping; naming the key twice reads badly.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from syncd.core.firetimes import Instant, is_approximate, timezone_of
 from syncd.core.plan import Plan, StraySchedule, TaskPlan
+from syncd.core.problems import Problem
 from syncd.views.plan_parts import (
     FIRE_COUNT,
     MD_VALUE_MAX,
@@ -46,13 +47,27 @@ Item = tuple[str, int]  # (markdown, number of changes it shows)
 
 
 def render_markdown(
-    plan: Plan, *, max_chars: int = 60_000, title: str = "syncd plan", now: Instant | None = None
+    plan: Plan,
+    *,
+    max_chars: int = 60_000,
+    title: str = "syncd plan",
+    now: Instant | None = None,
+    problems: Sequence[Problem] = (),
 ) -> str:
-    """A pull-request comment: summary table, warnings, collapsible details; ≤ max_chars.
+    """A pull-request comment: summary table, taskdef problems, warnings, collapsible
+    details; ≤ max_chars.
 
     With `now`, each created or rescheduled task shows its next fire times before and after.
+    `problems` (the loader's, policy violations included) are listed where they are.
     """
     head = _md_head(plan, title)
+    if problems:
+        head += _md_section(
+            "### ❌ Taskdef problems\n\n",
+            [(_md_problem(p), 1) for p in problems],
+            (max_chars - len(head)) // 3,
+            _more_warnings,
+        )
     warnings = _md_section(
         "### ⚠️ Warnings\n\n", _md_warnings(plan), (max_chars - len(head)) // 3, _more_warnings
     )
@@ -143,6 +158,12 @@ def _md_names(tasks: Sequence[TaskPlan]) -> str:
     names = ", ".join(_code(shorten(t.name, 80)) for t in tasks[:_MAX_LISTED])
     extra = len(tasks) - _MAX_LISTED
     return names + (f" and {extra} more" if extra > 0 else "")
+
+
+def _md_problem(problem: Problem) -> str:
+    where = f"{shorten(problem.path, 200)}:{problem.line}:{problem.col}"
+    label = "warning: " if problem.severity == "warning" else ""
+    return f"- {_code(where)} {label}{_md_text(shorten(problem.message, 500))}\n"
 
 
 def _md_warnings(plan: Plan) -> list[Item]:

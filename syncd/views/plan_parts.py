@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from schemas.secrets import secret_name
 from syncd.core.firetimes import Instant, is_approximate, next_fire_times, timezone_of
 from syncd.core.model import TaskConfig
 from syncd.core.plan import FieldChange, Plan, TaskPlan
@@ -42,9 +43,12 @@ ChangeRow = tuple[str, Any, Any]  # (label, before, after)
 
 
 def value_text(value: Any, limit: int) -> str:
-    """A value as compact one-line JSON, shortened to `limit` characters."""
+    """A value as compact one-line JSON, shortened to `limit` characters; a secret
+    reference as `secret NAME` (the value itself is never known here)."""
     if isinstance(value, Absent):
         return "(absent)"
+    if (name := secret_name(value)) is not None:
+        return f"secret {name}"
     return shorten(clean(dumps(value)), limit)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from tests.services import store_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,12 +67,6 @@ class Cli:
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
-
-
-def store_env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-    env.update(SYNCD_DATABASE_URL=database_url, SYNCD_REDIS_URL=redis_url)
-    return env
 
 
 @pytest.fixture

@@ -8,11 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.services import TEST_POLICY
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def syncd(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def syncd(
+    *args: str, cwd: Path = REPO, policy: Path = TEST_POLICY
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env["SYNCD_POLICY"] = str(policy)
+    env["SYNCD_DIAGNOSTICS"] = "1"
     # No store is reachable: validate must not need one.
     env["SYNCD_DATABASE_URL"] = "postgresql+psycopg://nobody@127.0.0.1:1/none"
     env["SYNCD_REDIS_URL"] = "redis://127.0.0.1:1/0"
@@ -27,8 +33,8 @@ def syncd(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_bundled_taskdefs_are_valid() -> None:
-    proc = syncd("validate", "taskdefs")
+def test_bundled_taskdefs_are_valid_under_the_demo_policy() -> None:
+    proc = syncd("validate", "taskdefs", policy=REPO / "policy" / "demo.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.startswith("ok: ")

@@ -66,7 +66,7 @@ class Expected:
 def expected_from(taskdefs: Path, now: datetime | None = None) -> Expected:
     """The desired state; a test tree must be valid (an invalid one is a broken test)."""
     tasks = catalog()
-    loaded = load_taskdefs(taskdefs, tasks.params, now=now)
+    loaded = load_taskdefs(taskdefs, tasks.params, now=now, policy=tasks.policy)
     if loaded.errors:
         raise AssertionError(f"test taskdefs are invalid: {[str(p) for p in loaded.errors]}")
     return Expected(

@@ -37,9 +37,10 @@ def _problems(problems: tuple[Problem, ...]) -> list[dict[str, Any]]:
 
 
 def _load(path: Path, report: dict[str, Any]) -> None:
-    params = catalog().params
+    tasks = catalog()
+    params = tasks.params
     start = time.monotonic()
-    loaded = load_taskdefs(path.parent, params)
+    loaded = load_taskdefs(path.parent, params, policy=tasks.policy)
     report["load_seconds"] = round(time.monotonic() - start, 3)
     report["load_problems"] = _problems(loaded.problems)
     report["load_problem_count"] = len(loaded.problems)
@@ -47,7 +48,7 @@ def _load(path: Path, report: dict[str, Any]) -> None:
     raw = path.read_bytes()
     if len(raw) < PARSE_AGAIN_BELOW:
         start = time.monotonic()
-        parsed = parse_file(raw, path.name, str(path), params)
+        parsed = parse_file(raw, path.name, str(path), params, policy=tasks.policy)
         report["parse_seconds"] = round(time.monotonic() - start, 3)
         report["parse_problems"] = _problems(parsed.problems)
         report["parse_problem_count"] = len(parsed.problems)

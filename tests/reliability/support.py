@@ -39,6 +39,7 @@ from syncd.reconcile import Stores as SyncdStores
 from syncd.reconcile import reconcile_once
 from tests.e2e.conftest import REPO
 from tests.reliability.convergence import LAYOUT, assert_converged, libpq_url
+from tests.services import store_env
 
 # (environment variable, CI default, slow default)
 SIZES: dict[str, tuple[int, int]] = {
@@ -367,12 +368,6 @@ def reset_stores(database_url: str, redis_url: str) -> None:
         conn.execute("TRUNCATE task_executions, task_configs")
     with redis.Redis.from_url(redis_url) as client:
         client.flushdb()
-
-
-def store_env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-    env.update(SYNCD_DATABASE_URL=database_url, SYNCD_REDIS_URL=redis_url)
-    return env
 
 
 @dataclass(frozen=True)

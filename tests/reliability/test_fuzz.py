@@ -34,6 +34,7 @@ from tests.reliability import corpus
 from tests.reliability.support import EXTRAS, record, size
 
 PARAMS = catalog().params
+POLICY = catalog().policy
 TIME_BOUND_SECONDS = 10.0
 MEMORY_BOUND_BYTES = 300 * 1024 * 1024
 HARD_TIMEOUT_SECONDS = 15  # a hang, not a slow example: the alarm interrupts it
@@ -81,12 +82,12 @@ Loader = Callable[[bytes, Path], tuple[Problem, ...]]
 
 
 def through_parse_file(raw: bytes, where: Path) -> tuple[Problem, ...]:
-    return parse_file(raw, "case.yaml", str(where / "case.yaml"), PARAMS).problems
+    return parse_file(raw, "case.yaml", str(where / "case.yaml"), PARAMS, policy=POLICY).problems
 
 
 def through_load_taskdefs(raw: bytes, where: Path) -> tuple[Problem, ...]:
     (where / "case.yaml").write_bytes(raw)
-    return load_taskdefs(where, PARAMS).problems
+    return load_taskdefs(where, PARAMS, policy=POLICY).problems
 
 
 def check_input(raw: bytes, where: Path, kind: str) -> None:

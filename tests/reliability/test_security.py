@@ -303,7 +303,8 @@ def test_names_that_could_escape_their_keys_are_rejected(stores: Stores, tmp_pat
         (root / f"bad-{index:02d}.yaml").write_text(
             f"version: 1\ntasks:\n  - name: {yaml_string(name)}\n    task_type: diagnostics.noop\n"
         )
-    loaded = load_taskdefs(root, catalog().params, now=datetime.now(UTC))
+    tasks = catalog()
+    loaded = load_taskdefs(root, tasks.params, now=datetime.now(UTC), policy=tasks.policy)
     assert [t.spec.name for t in loaded.tasks] == ["good"]
     for index in range(len(BAD_NAMES)):
         path = str(root / f"bad-{index:02d}.yaml")

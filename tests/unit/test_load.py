@@ -9,15 +9,18 @@ from pathlib import Path
 import pytest
 
 from syncd.load.loader import MAX_FILE_BYTES, LoadCache, load_taskdefs
+from syncd.load.policy import load_policy
 from tests.conftest import WriteTaskdef
+from tests.services import TEST_POLICY
 from worker.tasks import registry
 
 TYPES = registry.params_models()
+POLICY = load_policy(TEST_POLICY)
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 def messages(root: Path) -> list[str]:
-    result = load_taskdefs(root, TYPES, now=NOW)
+    result = load_taskdefs(root, TYPES, now=NOW, policy=POLICY)
     return [str(p) for p in result.problems]
 
 
@@ -41,7 +44,7 @@ def test_valid_file_yields_tasks_with_lines(taskdefs: Path, write: WriteTaskdef)
             schedule: {interval: 30}
         """,
     )
-    result = load_taskdefs(taskdefs, TYPES, now=NOW)
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
     assert result.problems == ()
     assert [(t.spec.name, t.line, t.source) for t in result.tasks] == [
         ("one", 3, "a.yaml"),
@@ -54,7 +57,7 @@ def test_valid_file_yields_tasks_with_lines(taskdefs: Path, write: WriteTaskdef)
 def test_files_are_found_recursively_in_stable_order(taskdefs: Path, write: WriteTaskdef) -> None:
     for name in ("b/z.yml", "a.yaml", "b/a.yaml", ".hidden/x.yaml", "notes.txt"):
         write(name, "version: 1\ntasks: []\n")
-    result = load_taskdefs(taskdefs, TYPES)
+    result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
     assert [f.source for f in result.files] == ["a.yaml", "b/a.yaml", "b/z.yml"]
 
 
@@ -69,7 +72,7 @@ def test_cron_is_normalised(taskdefs: Path, write: WriteTaskdef) -> None:
             schedule: {cron: "0 0 * * 7"}
         """,
     )
-    (task,) = load_taskdefs(taskdefs, TYPES).tasks
+    (task,) = load_taskdefs(taskdefs, TYPES, policy=POLICY).tasks
     assert task.spec.schedule is not None
     assert task.spec.schedule.cron == "0 0 * * 0"  # type: ignore[union-attr]
 
@@ -233,7 +236,7 @@ def test_retry_backoff_is_read_as_float_seconds_with_defaults(
             task_type: diagnostics.noop
         """,
     )
-    result = load_taskdefs(taskdefs, TYPES, now=NOW)
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
     assert result.problems == ()
     backoff = {
         t.config.name: (t.config.retry_backoff_seconds, t.config.retry_backoff_max_seconds)
@@ -261,7 +264,7 @@ def test_duplicate_names_across_files_name_both_places(taskdefs: Path, write: Wr
         "version: 1\ntasks:\n  - {name: other, task_type: diagnostics.noop}\n"
         "  - {name: same, task_type: diagnostics.noop}\n",
     )
-    result = load_taskdefs(taskdefs, TYPES)
+    result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
     lines = [str(p) for p in result.problems]
     assert lines == [
         f"{taskdefs}/a.yaml:3:1: duplicate task name 'same' (also declared at {taskdefs}/b.yaml:4)",
@@ -280,7 +283,7 @@ def test_a_broken_file_contributes_no_tasks_but_others_do(
         "version: 1\ntasks:\n  - {name: fine, task_type: diagnostics.noop}\n"
         "  - {name: broken, task_type: diagnostics.noop, priority: 99}\n",
     )
-    result = load_taskdefs(taskdefs, TYPES)
+    result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
     assert [t.spec.name for t in result.tasks] == ["ok"]
     assert result.broken_sources == {"bad.yaml"}
 
@@ -311,7 +314,7 @@ def test_modest_anchor_reuse_is_allowed(taskdefs: Path, write: WriteTaskdef) -> 
               older_than_days: 9
         """,
     )
-    result = load_taskdefs(taskdefs, TYPES)
+    result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
     assert result.problems == ()
     assert result.tasks[1].spec.parameters == {"path": "/tmp/x", "older_than_days": 9}
 
@@ -348,7 +351,7 @@ def test_past_at_is_a_warning_not_an_error(taskdefs: Path, write: WriteTaskdef) 
         "version: 1\ntasks:\n  - name: once\n    task_type: diagnostics.noop\n"
         "    schedule: {at: 2020-01-01T00:00:00Z}\n",
     )
-    result = load_taskdefs(taskdefs, TYPES, now=NOW)
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
     assert result.errors == ()
     (warning,) = result.warnings
     assert "has passed" in warning.message
@@ -356,7 +359,7 @@ def test_past_at_is_a_warning_not_an_error(taskdefs: Path, write: WriteTaskdef) 
 
 
 def test_missing_directory_is_a_problem(tmp_path: Path) -> None:
-    result = load_taskdefs(tmp_path / "nope", TYPES)
+    result = load_taskdefs(tmp_path / "nope", TYPES, policy=POLICY)
     assert "does not exist" in result.errors[0].message
 
 
@@ -364,9 +367,9 @@ def test_cache_reuses_unchanged_files(taskdefs: Path, write: WriteTaskdef) -> No
     write("a.yaml", "version: 1\ntasks:\n  - {name: a, task_type: diagnostics.noop}\n")
     write("b.yaml", "version: 1\ntasks:\n  - {name: b, task_type: diagnostics.noop}\n")
     cache = LoadCache()
-    first = load_taskdefs(taskdefs, TYPES, cache=cache)
+    first = load_taskdefs(taskdefs, TYPES, cache=cache, policy=POLICY)
     write("b.yaml", "version: 1\ntasks:\n  - {name: b2, task_type: diagnostics.noop}\n")
-    second = load_taskdefs(taskdefs, TYPES, cache=cache)
+    second = load_taskdefs(taskdefs, TYPES, cache=cache, policy=POLICY)
     assert second.files[0] is first.files[0]  # a.yaml: not parsed again
     assert second.files[1] is not first.files[1]
     assert [t.spec.name for t in second.tasks] == ["a", "b2"]

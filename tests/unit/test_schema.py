@@ -47,3 +47,10 @@ def test_schema_describes_the_retry_backoff_in_seconds() -> None:
     assert "twice as long" in first["description"]
     assert "[0.5, 1]" in first["description"]
     assert "at least retry_backoff_seconds" in cap["description"]
+
+
+def test_committed_policy_schema_is_current() -> None:
+    from schemas.policy import json_schema as policy_schema  # noqa: PLC0415 - this test only
+
+    committed = json.loads((COMMITTED.parent / "policy.schema.json").read_text())
+    assert committed == policy_schema(), "schemas/policy.schema.json is stale: run `make schema`"
