@@ -1,4 +1,4 @@
-"""Every blocking attempt is bounded: a real `taskiq worker` against a tarpit and /dev/zero.
+"""Every blocking attempt is bounded: a real `taskiq worker` against a tarpit and an endless line.
 
 A slow remote (an HTTP server that answers one byte at a time, forever) must cost only
 its own attempts: each is stopped at its deadline, its connection closed, and a task of
@@ -21,6 +21,7 @@ import psycopg
 
 from tests.e2e.conftest import Cli
 from tests.e2e.test_worker import wait_for, worker
+from tests.integration.test_runner import endless_line
 
 DRIP_SECONDS = 0.2  # a byte this often: far under any socket timeout, and a closed
 # socket is seen within 0.2 s
@@ -157,7 +158,7 @@ def test_an_attempt_over_its_memory_limit_fails_and_the_worker_lives_on(
         tasks:
           - name: hog
             task_type: data.csv_summary
-            parameters: {{source: /dev/zero, column: amount}}
+            parameters: {{source: "{endless_line(tmp_path)}", column: amount}}
           - name: after
             task_type: cleanup.temp_files
             parameters: {{path: "{clean_me}", dry_run: true}}

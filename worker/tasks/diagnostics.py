@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field
 
+from schemas.kinds import ConfinedPath
+from worker.confine import ConfinementError, read_text, write_atomic
+from worker.policy import active_policy
 from worker.registry import task
 from worker.tasks.params import Params
 
@@ -54,19 +58,36 @@ async def fail(params: FailParams) -> None:
 
 
 class FlakyParams(Params):
-    counter_file: Annotated[str, Field(min_length=1, description="file that counts attempts")]
+    counter_file: Annotated[ConfinedPath, Field(description="file that counts attempts")]
     failures: Annotated[int, Field(ge=0, le=100)] = 1
+
+
+COUNTER_LIMIT = 64  # bytes: a counter is a number, anything longer is not one
 
 
 @task("diagnostics.flaky", params=FlakyParams, queue="default")
 async def flaky(params: FlakyParams) -> dict[str, int]:
     """Fail the first `failures` calls (counted in `counter_file`), then succeed: retries."""
-    path = Path(params.counter_file)
-    calls = int(path.read_text() or 0) + 1 if path.exists() else 1
-    path.write_text(str(calls))
+    roots = active_policy().paths.allow
+    calls = _count(params.counter_file, roots) + 1
+    write_atomic(params.counter_file, roots, str(calls).encode())
     if calls <= params.failures:
         raise DiagnosticFailure(f"call {calls} of {params.failures} planned failures")
     return {"calls": calls}
+
+
+def _count(counter_file: str, roots: Sequence[str]) -> int:
+    """The calls counted so far (0 without a file); never echoes what the file holds."""
+    try:
+        text = read_text(counter_file, roots, COUNTER_LIMIT)
+    except ConfinementError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return 0
+    try:
+        return int(text.strip() or 0)
+    except ValueError:
+        raise ValueError(f"counter_file does not hold a number ({counter_file})") from None
 
 
 class BusyParams(Params):
