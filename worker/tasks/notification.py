@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, JsonValue
+from pydantic import Field, JsonValue
 
+from schemas.kinds import EgressURL
+from worker.egress import post_json
+from worker.policy import active_policy
 from worker.registry import task
 from worker.tasks.params import Params
 
@@ -16,24 +17,22 @@ logger = logging.getLogger("syncd.notification")
 
 
 class WebhookParams(Params):
-    url: AnyHttpUrl
+    url: EgressURL
     payload: dict[str, JsonValue] = Field(default_factory=dict)
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10
 
 
 @task("notification.webhook", params=WebhookParams, queue="notifications")
 def webhook(params: WebhookParams) -> dict[str, int]:
-    """POST `payload` as JSON to `url`; a non-2xx answer fails the task (and so retries)."""
-    return {"status": _post_json(str(params.url), params.payload, params.timeout_seconds)}
+    """POST `payload` as JSON to `url`; anything but a 2xx answer fails the task (and so
+    retries).
 
-
-def _post_json(url: str, payload: dict[str, JsonValue], timeout: float) -> int:
-    body = json.dumps(payload).encode()
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by AnyHttpUrl
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        return int(response.status)
+    The operator policy decides which addresses `url` may reach, here where the worker
+    connects (worker.egress): redirects are not followed, and `timeout_seconds` bounds the
+    whole request.
+    """
+    status = post_json(str(params.url), params.payload, params.timeout_seconds, active_policy())
+    return {"status": status}
 
 
 class LogMessageParams(Params):
