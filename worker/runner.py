@@ -267,9 +267,21 @@ class Runner:
             args=(child_end, self.limits.memory_mb, parent_log_setup()),
             daemon=True,
         )
-        process.start()
-        child_end.close()
+        try:
+            process.start()
+        except (EOFError, OSError) as exc:  # the forkserver died (killed while starting?)
+            parent_end.close()
+            raise ChildDied(f"could not start a process for the attempt ({exc!r})") from None
+        finally:
+            child_end.close()
         return _Child(process, parent_end)
+
+    def warm(self) -> None:
+        """Start the forkserver and one child now, at worker start-up: the first attempt
+        does not wait for them, and a stop signal sent to the whole process group later
+        finds the forkserver already ignoring it (it would kill one still starting)."""
+        if not self._idle:
+            self._idle.append(self._spawn())
 
     def _kill(self, child: _Child) -> None:
         if child.process.is_alive():

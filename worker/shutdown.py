@@ -58,6 +58,7 @@ class GracefulShutdown:
 
     async def _on_startup(self, state: TaskiqState) -> None:
         die_with_parent()
+        self.runner.warm()
         self._loop = asyncio.get_running_loop()
         # taskiq installed its handlers before startup: wrap them, they stop the fetching.
         for signum in SIGNALS:
