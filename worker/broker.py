@@ -19,7 +19,8 @@ from taskiq import Context, TaskiqDepends, TaskiqMessage
 
 from syncd.core.keys import queue_stream
 from syncd.core.settings import Settings
-from worker.consumer import DEATHS_LABEL, StreamConsumer, int_label
+from worker.consumer import StreamConsumer
+from worker.labels import DEATHS_LABEL, label_count
 from worker.outcomes import DeadLettered, Requeued
 from worker.policy import prepare
 from worker.registry import TaskRegistry, TaskType
@@ -113,7 +114,7 @@ def register(broker: StreamConsumer, task_type: TaskType, runner: Runner, max_de
 
 def check_deaths(message: TaskiqMessage, max_deaths: int) -> int:
     """The deaths this message caused so far; raises DeadLettered at `max_deaths`."""
-    deaths = int_label(message.labels, DEATHS_LABEL)
+    deaths = label_count(message.labels, DEATHS_LABEL)
     if deaths >= max_deaths:
         logger.error(
             "task %s (%s) killed its worker %d times: dead-lettered",
@@ -137,7 +138,4 @@ async def send_again(
         deaths,
         max_deaths,
     )
-    again = message.model_copy(deep=True)
-    again.labels[DEATHS_LABEL] = deaths
-    stream = str(message.labels.get("queue_name") or broker.queue_name)
-    await broker.send_later(stream, broker.formatter.dumps(again).message, 0)
+    await broker.resend(message, 0, {DEATHS_LABEL: deaths})

@@ -35,14 +35,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage
+from taskiq import AckableMessage, TaskiqMessage
 from taskiq_redis import RedisStreamBroker
+
+from worker.labels import DEATHS_LABEL, label_count
 
 logger = logging.getLogger("syncd.worker")
 
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
-DEATHS_LABEL = "_deaths"
 # How often pending messages of dead workers are looked for (capped by half the idle timeout).
 CLAIM_INTERVAL_SECONDS = 5.0
 
@@ -171,7 +172,7 @@ class StreamConsumer(RedisStreamBroker):
             message = self.formatter.loads(data)
         except Exception:  # not ours to judge here: the receiver reports what it cannot read
             return data
-        deaths = int_label(message.labels, DEATHS_LABEL) + earlier
+        deaths = label_count(message.labels, DEATHS_LABEL) + earlier
         message.labels[DEATHS_LABEL] = deaths
         return self.formatter.dumps(message).message
 
@@ -218,6 +219,21 @@ class StreamConsumer(RedisStreamBroker):
         else:
             await self.client.zadd(delayed_key(stream), {data: time.time() + delay})
 
+    async def resend(
+        self, message: TaskiqMessage, delay: float, labels: dict[str, Any | None]
+    ) -> None:
+        """Send a copy of `message` to its stream after `delay` seconds, with `labels`
+        changed (None removes one). The message itself keeps its labels: the middlewares
+        after the caller still need those of the attempt that ran."""
+        again = message.model_copy(deep=True)
+        for name, value in labels.items():
+            if value is None:
+                again.labels.pop(name, None)
+            else:
+                again.labels[name] = value
+        stream = str(message.labels.get("queue_name") or self.queue_name)
+        await self.send_later(stream, self.formatter.dumps(again).message, delay)
+
     async def startup(self) -> None:
         await super().startup()
         if self.is_worker_process:
@@ -255,10 +271,3 @@ class StreamConsumer(RedisStreamBroker):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def int_label(labels: dict[str, Any], name: str) -> int:
-    try:
-        return max(0, int(labels.get(name, 0)))
-    except (TypeError, ValueError):
-        return 0

@@ -22,12 +22,12 @@ from typing import Any
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from worker.consumer import DEATHS_LABEL, StreamConsumer
+from worker.consumer import StreamConsumer
+from worker.labels import DEATHS_LABEL, RETRIES_LABEL, label_count, label_seconds
 from worker.outcomes import NoRetry
 
 logger = logging.getLogger("syncd.worker")
 
-RETRIES_LABEL = "_retries"
 # Used when a message carries no backoff labels (sent before they existed, or by hand).
 DEFAULT_BACKOFF_SECONDS = 5.0
 DEFAULT_BACKOFF_MAX_SECONDS = 600.0
@@ -62,22 +62,18 @@ class BackoffRetryMiddleware(TaskiqMiddleware):
         labels = message.labels
         if not _flag(labels.get("retry_on_error")):
             return
-        retry = _number(labels.get(RETRIES_LABEL), 0) + 1
-        attempts = _number(labels.get("max_retries"), 1)
+        retry = label_count(labels, RETRIES_LABEL) + 1
+        attempts = label_count(labels, "max_retries", default=1)
         if retry >= attempts:
             logger.warning("task %s (%s): no retries left", message.task_id, message.task_name)
             return
-        base = _float(labels.get("retry_backoff"), DEFAULT_BACKOFF_SECONDS)
-        cap = _float(labels.get("retry_backoff_max"), DEFAULT_BACKOFF_MAX_SECONDS)
+        base = label_seconds(labels, "retry_backoff", DEFAULT_BACKOFF_SECONDS)
+        cap = label_seconds(labels, "retry_backoff_max", DEFAULT_BACKOFF_MAX_SECONDS)
         delay = retry_delay(retry, base, cap)
-        # A copy: the recorder still needs this attempt's own labels after this hook.
-        again = message.model_copy(deep=True)
-        again.labels[RETRIES_LABEL] = retry
-        again.labels.pop(DEATHS_LABEL, None)  # deaths count per attempt
         consumer = self.broker
         assert isinstance(consumer, StreamConsumer)  # noqa: S101 - make_broker builds it so
-        stream = str(labels.get("queue_name") or consumer.queue_name)
-        await consumer.send_later(stream, consumer.formatter.dumps(again).message, delay)
+        # Deaths count per attempt: the retry starts with none.
+        await consumer.resend(message, delay, {RETRIES_LABEL: retry, DEATHS_LABEL: None})
         logger.info(
             "task %s (%s) failed; retry %d of %d in %.1f s",
             message.task_id,
@@ -92,18 +88,3 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.lower() == "true"
     return bool(value)
-
-
-def _number(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _float(value: Any, default: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if 0 <= number < float("inf") else default

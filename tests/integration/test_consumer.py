@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 from taskiq import AckableMessage, TaskiqMessage, TaskiqResult
 
-from worker.consumer import DEATHS_LABEL, StreamConsumer, delayed_key
+from worker.consumer import StreamConsumer, delayed_key
+from worker.labels import DEATHS_LABEL
 from worker.retries import BackoffRetryMiddleware
 
 STREAM = "syncd-queue:consumer-test"

@@ -25,6 +25,7 @@ from taskiq.exceptions import NoResultError
 
 from syncd.core.model import Execution
 from syncd.core.settings import Settings
+from worker.labels import label_number
 from worker.recording.records import (
     TASK_ID_CHARS,
     Attempt,
@@ -34,7 +35,6 @@ from worker.recording.records import (
     error_message,
     format_traceback,
     json_result,
-    label_number,
     record_json,
 )
 from worker.recording.sink import ExecutionSink, PostgresSink

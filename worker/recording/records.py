@@ -20,6 +20,7 @@ from typing import Any
 from taskiq import TaskiqMessage
 
 from syncd.core.model import Execution
+from worker.labels import RETRIES_LABEL, label_count, label_number
 
 MAX_RESULT_BYTES = 64 * 1024
 RESULT_PREVIEW_CHARS = 1000
@@ -156,13 +157,6 @@ def format_traceback(exc: BaseException) -> str:
     return clean_text(text, MAX_TRACEBACK_CHARS, keep_tail=True)
 
 
-def label_number(labels: dict[str, Any], name: str) -> float | None:
-    try:
-        return float(labels[name])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def config_id_label(labels: dict[str, Any]) -> int | None:
     number = label_number(labels, "config_id")
     return int(number) if number is not None and number.is_integer() else None
@@ -170,7 +164,7 @@ def config_id_label(labels: dict[str, Any]) -> int | None:
 
 def attempt_number(message: TaskiqMessage) -> int:
     # A retry (worker.retries) is sent with the same task_id and counts earlier tries in _retries.
-    return int(label_number(message.labels, "_retries") or 0) + 1
+    return label_count(message.labels, RETRIES_LABEL) + 1
 
 
 @dataclass
