@@ -2,7 +2,8 @@
 
 TaskIQ matches cron with pycron, which silently mis-fires parts of standard (Vixie) cron, so
 `normalize_cron` parses by cron's rules and renders a form pycron reads the same way; the loader
-registers that form. Pure: no I/O, no clock, no time zones (handled by the caller).
+registers that form. `never_fires` tells which valid expressions name no date at all (30 February),
+so that the loader can warn. Pure: no I/O, no clock, no time zones (handled by the caller).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import itertools
 import re
 from dataclasses import dataclass
 
-__all__ = ["CronError", "normalize_cron"]
+__all__ = ["CronError", "never_fires", "normalize_cron"]
 
 
 class CronError(ValueError):
     """An expression that cannot be registered faithfully; str() is a one-line human message."""
+
+
+_C_INT_MAX = 2**31 - 1  # cronie parses numbers into a C int
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,16 @@ class _Field:
     def fold(self, value: int) -> int:
         # Only day-of-week has high > last: 7 is Sunday, and pycron only knows 0.
         return value if value <= self.last else value - (self.last - self.low + 1)
+
+    @property
+    def max_step(self) -> int:
+        """The largest step cronie handles soundly in this field.
+
+        cronie accepts any step from 1 (a step past the range selects the range's first value)
+        but keeps it in a C int and adds it to a value up to `high`: beyond this the sum
+        overflows, and cronie wraps the step or rejects the line depending on the platform.
+        """
+        return _C_INT_MAX - self.high
 
     def progression(self, step: int) -> frozenset[int]:
         """The values `*/step` selects: cron counts steps from the field's lowest value."""
@@ -93,6 +107,16 @@ def normalize_cron(expression: str) -> str:
     """
     # Cached: it runs for every task, and thousands of tasks share a handful of expressions.
     return _render(_parse(expression))
+
+
+@functools.lru_cache(maxsize=1024)
+def never_fires(expression: str) -> str | None:
+    """Why a valid expression can never fire (e.g. on 30 February), or None if it ever fires.
+
+    Takes the original or the normalised form (they mean the same); raises CronError when the
+    expression is invalid, as normalize_cron does.
+    """
+    return _why_never(_parse(expression))
 
 
 # --- parsing: text -> _Schedule, with cron's (not pycron's) meaning ---------------------------
@@ -174,18 +198,19 @@ def _parse_item(item: str, field: _Field) -> range:
     if not slash:
         return range(value, value + 1)
     _refuse_open_step_in_weekdays(base, step_text, field)
-    # Vixie cron reads `N/STEP` as `N-max/STEP`; pycron never fires it, so it is expanded.
+    # Vixie cron and cronie reject `N/STEP`; croniter reads it as `N-max/STEP`, and that reading
+    # is kept so that such schedules still register. pycron never fires it: it is expanded.
     return range(value, field.high + 1, step)
 
 
 def _refuse_open_step_in_weekdays(base: str, step_text: str, field: _Field) -> None:
-    # For day-of-week the implementations disagree on max (Vixie: 7 = Sunday, croniter: 6),
-    # so `1/2` may or may not include Sunday: refuse to guess.
+    # croniter's max for day-of-week is 6, but cron's `*` there runs to 7 = Sunday, so whether
+    # `1/2` includes Sunday depends on whose max is meant: refuse to guess.
     if field is DAY_OF_WEEK:
         raise CronError(
-            f"{field.name}: '{base}/{step_text}' is ambiguous (cron implementations disagree "
-            f"on whether it reaches 7 = Sunday); write '{base}-6/{step_text}' or "
-            f"'{base}-7/{step_text}'"
+            f"{field.name}: '{base}/{step_text}' is ambiguous (standard cron rejects it, and "
+            f"it may or may not be meant to reach 7 = Sunday); write '{base}-6/{step_text}' "
+            f"or '{base}-7/{step_text}'"
         )
 
 
@@ -210,12 +235,15 @@ def _parse_step(text: str, item: str, field: _Field) -> int:
         detail = "is missing" if not text else f"{_quote(text)} is not a number"
         raise CronError(f"{field.name}: step {detail} in {_quote(item)}")
     step = _to_int(text)
-    if not 1 <= step <= field.high:
-        # Step 0 would loop forever (pycron: ZeroDivisionError); a step beyond the field's
-        # range selects only its start and is almost certainly a typo.
+    if step == 0:
+        # cron rejects it (it would loop forever; pycron: ZeroDivisionError).
+        raise CronError(f"{field.name}: step 0 in {_quote(item)} must be at least 1")
+    if step > field.max_step:
         raise CronError(
-            f"{field.name}: step {_shorten(text)} in {_quote(item)} is out of range 1-{field.high}"
+            f"{field.name}: step {_shorten(text)} in {_quote(item)} is too large for cron's "
+            f"integers (at most {field.max_step})"
         )
+    # A step past the range is valid cron: it selects the range's first value alone.
     return step
 
 
@@ -233,9 +261,10 @@ def _parse_value(token: str, item: str, field: _Field) -> int:
 
 
 def _to_int(digits: str) -> int:
-    # int() refuses more than 4300 digits; anything past 4 significant digits is out of range.
+    # int() refuses more than 4300 digits; past 10 significant digits every value and every
+    # step is out of range, so one number that large stands for them all.
     significant = digits.lstrip("0") or "0"
-    return int(significant) if len(significant) <= 4 else 10**4
+    return int(significant) if len(significant) <= 10 else 10**10
 
 
 def _describe_bad_value(token: str, field: _Field) -> str:
@@ -372,3 +401,43 @@ def _render_runs(ordered: list[int]) -> list[str]:
         else:
             runs.append([value])
     return [f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(map(str, run)) for run in runs]
+
+
+# --- dates that never come -----------------------------------------------------------------
+
+MONTH_NAMES = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+# February has 29 days: leap years have them, so `0 0 29 2 *` fires every four years.
+MONTH_LENGTHS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _why_never(schedule: _Schedule) -> str | None:
+    if not schedule.is_day_intersection:
+        # OR: a matching weekday suffices, and every month has every weekday.
+        return None
+    # AND: each date that exists falls on every weekday in some year (29 February too, over
+    # the Gregorian cycle), so only the day-of-month and month fields can rule out all dates.
+    longest = max(MONTH_LENGTHS[month - 1] for month in schedule.months)
+    if min(schedule.days) <= longest:
+        return None
+    return _describe_missing_days(schedule)
+
+
+def _describe_missing_days(schedule: _Schedule) -> str:
+    days = _render_list(schedule.days)
+    months = _join_or([MONTH_NAMES[month - 1] for month in sorted(schedule.months)])
+    if len(schedule.days) == 1:
+        reason = f"day-of-month {days} never occurs in {months}"
+    else:
+        reason = f"days-of-month {days} never occur in {months}"
+    if schedule.weekdays != DAY_OF_WEEK.universe:
+        # Here day-of-month cannot start with '*' (`*` and `*/S` hold day 1), so day-of-week
+        # does, and that is what turns cron's usual OR of the day fields into an AND.
+        reason += " (day-of-week starts with '*', so cron requires both day fields to match)"
+    return reason
+
+
+def _join_or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

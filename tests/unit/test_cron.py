@@ -46,6 +46,18 @@ NORMALISED = [
     ("0 0 * * 0-6", "0 0 * * *"),
     ("0 0 * * 0-7", "0 0 * * *"),
     ("0 0 * * sun-sat", "0 0 * * *"),
+    # a step past its range selects the range's first value alone, as cron does
+    ("4 2-23/24 * * *", "4 2 * * *"),
+    ("25 */24 * * *", "25 0 * * *"),
+    ("05 17-22/30 * * 1-5", "5 17 * * 1-5"),
+    ("0-59/65 10 * * *", "0 10 * * *"),
+    ("*/60 * * * *", "0 * * * *"),
+    ("*/2147483588 * * * *", "0 * * * *"),  # the largest step cron's integers take here
+    ("0 0 */31 * *", "0 0 1 * *"),
+    ("0 0 * 1-12/12 *", "0 0 * 1 *"),
+    ("0 0 * * 1-7/10", "0 0 * * 1"),
+    ("0 0 * * */8", "0 0 * * 0"),
+    ("5/70 * * * *", "5 * * * *"),
     # pycron traps, rewritten into forms it evaluates like cron
     ("5/15 * * * *", "5-50/15 * * * *"),  # N/step: pycron never fires it
     ("0 0 10/10 * *", "0 0 10,20,30 * *"),
@@ -64,6 +76,7 @@ NORMALISED = [
     ("0 0 */30 * 1", "0 0 */30 * 1"),
     ("0 0 1,15 * */2,3", "0 0 1,15 * */2,3"),
     ("0 0 1,15 * */7", "0 0 1,15 * */7"),  # AND: a '*' must stay in a day field
+    ("0 0 */40 * 1", "0 0 */31 * 1"),  # AND with day 1 alone: still star-led
 ]
 
 
@@ -103,11 +116,26 @@ TRAPS = [
     ("0  0 * * 1", [at(1), at(8)]),  # pycron: ValueError on the double space
 ]
 
+# Steps past their range, with the times cron fires them in the window.
+LARGE_STEPS = [
+    ("4 2-23/24 * * *", [at(d, 2, 4) for d in range(1, 15)]),
+    ("25 */24 * * *", [at(d, 0, 25) for d in range(1, 15)]),
+    ("05 17-22/30 * * 1-5", [at(d, 17, 5) for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)]),
+    ("0-59/65 10 * * *", [at(d, 10) for d in range(1, 15)]),
+    ("0 0 */40 * 1", [at(1)]),  # AND: day 1 and a Monday
+    ("0 0 * * 2-7/9", [at(2), at(9)]),  # Tuesdays
+]
+
 
 @pytest.mark.parametrize(("expression", "expected"), TRAPS)
 def test_normalised_traps_fire_in_taskiq_as_in_cron(
     expression: str, expected: list[datetime]
 ) -> None:
+    assert fire_times(normalize_cron(expression)) == expected
+
+
+@pytest.mark.parametrize(("expression", "expected"), LARGE_STEPS)
+def test_steps_past_their_range_fire_as_in_cron(expression: str, expected: list[datetime]) -> None:
     assert fire_times(normalize_cron(expression)) == expected
 
 
@@ -137,9 +165,17 @@ REJECTED = [
     ("0 0 * * 8", "day-of-week: 8 is out of range 0-7"),
     ("0 0 * * 1-8", "day-of-week: 8 is out of range 0-7"),
     ("9" * 5000 + " * * * *", "minute: 99999999999999999... is out of range 0-59"),
-    ("*/0 * * * *", "minute: step 0 in '*/0' is out of range 1-59"),
-    ("0 0 1-10/0 * *", "day-of-month: step 0 in '1-10/0'"),
-    ("*/60 * * * *", "minute: step 60 in '*/60' is out of range 1-59"),
+    ("*/0 * * * *", "minute: step 0 in '*/0' must be at least 1"),
+    ("0 0 1-10/0 * *", "day-of-month: step 0 in '1-10/0' must be at least 1"),
+    ("0 5/00 * * *", "hour: step 0 in '5/00' must be at least 1"),
+    (
+        "*/2147483589 * * * *",
+        "minute: step 2147483589 in '*/2147483589' is too large for cron's integers "
+        "(at most 2147483588)",
+    ),
+    ("0 0 * * 1-3/2147483641", "day-of-week: step 2147483641 in '1-3/2147483641' is too large"),
+    ("*/" + "9" * 5000 + " * * * *", "minute: step 99999999999999999... in '*/999999999999999"),
+    ("*/-1 * * * *", "minute: step '-1' is not a number in '*/-1'"),
     ("*/ * * * *", "minute: step is missing in '*/'"),
     ("*/x * * * *", "minute: step 'x' is not a number in '*/x'"),
     ("*/2/3 * * * *", "minute: step '2/3' is not a number"),

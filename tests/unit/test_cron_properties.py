@@ -43,6 +43,18 @@ def value_text(draw: st.DrawFn, field: Field) -> str:
     return draw(st.sampled_from(spellings(field, value)))
 
 
+def step_value(field: Field) -> st.SearchStrategy[int]:
+    """A step within the field's range, past it (which selects the range's start alone), or
+    the largest step cron's integers hold there."""
+    _, high, _ = field
+    largest = 2**31 - 1 - high
+    return st.one_of(
+        st.integers(1, high),
+        st.integers(high + 1, 3 * high),
+        st.sampled_from([high + 1, 1000, largest]),
+    )
+
+
 @st.composite
 def range_text(draw: st.DrawFn, field: Field) -> str:
     """`A-B`, `A-B/S`, or (not in day-of-week, where it is refused) `A/S`."""
@@ -52,7 +64,7 @@ def range_text(draw: st.DrawFn, field: Field) -> str:
     end = draw(st.one_of(st.just(high), st.integers(start + 1, high)))
     start_text = draw(st.sampled_from(spellings(field, start)))
     end_text = draw(st.sampled_from(spellings(field, end)))
-    step = draw(st.integers(1, high))
+    step = draw(step_value(field))
     shapes = [f"{start_text}-{end_text}", f"{start_text}-{end_text}/{step}"]
     if field is not DAY_OF_WEEK:
         shapes.append(f"{start_text}/{step}")
@@ -69,7 +81,7 @@ def item_text(field: Field) -> st.SearchStrategy[str]:
 def field_text(field: Field) -> st.SearchStrategy[str]:
     """`*`, `*/S`, or a list; a '*' only ever leads, so that croniter's "contains '*'"
     test for the day rule agrees with cron's "starts with '*'"."""
-    star = st.integers(1, field[1]).map(lambda step: f"*/{step}")
+    star = step_value(field).map(lambda step: f"*/{step}")
     items = st.lists(item_text(field), min_size=1, max_size=3).map(",".join)
     return st.one_of(st.just("*"), star, items, st.tuples(star, items).map(",".join))
 
