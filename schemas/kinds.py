@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AnyHttpUrl, Field, ValidationInfo
 
 from schemas.policy import DEFAULT_POLICY, IpAddress, Policy
+from schemas.text import quoted
 
 POLICY_HINT = "allow one with paths.allow in the operator policy file (SYNCD_POLICY)"
 
@@ -42,14 +43,14 @@ def _confined_path(value: str, info: ValidationInfo) -> str:
     if "\x00" in value:
         raise ValueError("a path may not contain NUL")
     if not path.is_absolute():
-        raise ValueError(f"{value!r} is not an absolute path")
+        raise ValueError(f"{quoted(value)} is not an absolute path")
     if ".." in path.parts:
-        raise ValueError(f"{value!r} may not contain '..'")
+        raise ValueError(f"{quoted(value)} may not contain '..'")
     policy = policy_of(info)
     if policy.allows_root(str(path)) is None:
         roots = ", ".join(policy.paths.allow)
         why = f" ({roots})" if roots else f": there is none; {POLICY_HINT}"
-        raise ValueError(f"{str(path)!r} is outside the allowed roots{_for_task(info)}{why}")
+        raise ValueError(f"{quoted(str(path))} is outside the allowed roots{_for_task(info)}{why}")
     return str(path)
 
 
@@ -121,7 +122,7 @@ def _egress_url(url: AnyHttpUrl, info: ValidationInfo) -> AnyHttpUrl:
     name = host.rstrip(".")
     if (name == "localhost" or name.endswith(".localhost")) and not policy.allows_host(name):
         raise ValueError(
-            f"{name!r} is a loopback name; allow it with egress.allow in the operator policy "
+            f"{quoted(name)} is a loopback name; allow it with egress.allow in the operator policy "
             "file (SYNCD_POLICY)"
         )
     return url

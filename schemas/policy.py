@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from schemas.text import quoted
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -29,9 +31,9 @@ class PolicyModel(BaseModel):
 def _absolute_root(value: str) -> str:
     path = PurePosixPath(value)
     if not path.is_absolute():
-        raise ValueError(f"{value!r} is not an absolute path")
+        raise ValueError(f"{quoted(value)} is not an absolute path")
     if ".." in path.parts:
-        raise ValueError(f"{value!r} contains '..'")
+        raise ValueError(f"{quoted(value)} contains '..'")
     if str(path) == "/":
         raise ValueError("'/' cannot be an allowed root: name the directories tasks may use")
     return str(path)
@@ -45,7 +47,9 @@ def _egress_entry(value: str) -> str:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
         if not all(part and part.replace("-", "").isalnum() for part in text.split(".")):
-            raise ValueError(f"{value!r} is neither a host name, an address nor a CIDR") from None
+            raise ValueError(
+                f"{quoted(value)} is neither a host name, an address nor a CIDR"
+            ) from None
     return text
 
 

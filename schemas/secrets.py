@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from schemas.text import quoted
+
 REFERENCE_NAME_PATTERN = r"^[A-Z0-9_]{1,128}$"
 _NAME = re.compile(REFERENCE_NAME_PATTERN)
 Loc = tuple[int | str, ...]
@@ -50,7 +52,7 @@ def looks_like_credential(key: Any, value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     if isinstance(key, str) and _SECRET_KEY.search(key):
-        return f"the key {key!r} suggests a credential"
+        return f"the key {quoted(key)} suggests a credential"
     if "://" in value:
         parts = urlsplit(value)
         if parts.password:

@@ -8,9 +8,10 @@ Checking `task_type` and `parameters` against the worker's registry is the loade
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal, get_args
 
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from schemas.cron import CronError, normalize_cron
+from schemas.text import quoted
 
 # A name becomes part of Redis keys, log lines and URLs: no ':' (the Redis key separator),
 # no '/', no spaces, nothing that needs quoting.
@@ -39,6 +41,10 @@ MAX_INTERVAL_SECONDS = 366 * 24 * 3600
 DEFAULT_RETRY_BACKOFF_SECONDS = 5.0
 DEFAULT_RETRY_BACKOFF_MAX_SECONDS = 600.0
 MAX_RETRY_BACKOFF_SECONDS = 24 * 3600
+# The instants an `at` may name, in UTC: every store, time zone conversion and fire-time
+# computation handles these (year 9999 in a far-west zone overflows Python's datetime).
+EARLIEST_AT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(9000, 1, 1, tzinfo=UTC)
 
 # How a task is scheduled, as `task_configs.scheduler_type` stores it (an `at` is a "date").
 SchedulerType = Literal["cron", "interval", "date", "manual"]
@@ -70,7 +76,7 @@ class CronSchedule(StrictModel):
     def _known_timezone(cls, value: str) -> str:
         if not is_known_timezone(value):
             raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)"
+                f"unknown time zone {quoted(value)} (use an IANA name such as Europe/Berlin)"
             )
         return value
 
@@ -88,6 +94,34 @@ class AtSchedule(StrictModel):
         AwareDatetime,
         Field(description="ISO 8601 date-time with offset, e.g. 2026-12-01T09:00:00Z"),
     ]
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _iso_string(cls, value: Any) -> Any:
+        # YAML reads an unquoted timestamp as a datetime; a quoted one is the string the
+        # JSON Schema (and so every editor) calls a date-time: both mean the same instant.
+        if not isinstance(value, str):
+            return value
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{quoted(value)} is not an ISO 8601 date-time such as 2026-12-01T09:00:00Z"
+            ) from None
+
+    @field_validator("at")
+    @classmethod
+    def _within_range(cls, value: datetime) -> datetime:
+        try:
+            instant = value.astimezone(UTC)
+        except OverflowError:
+            instant = None
+        if instant is None or not EARLIEST_AT <= instant < LATEST_AT:
+            raise ValueError(
+                f"{value.isoformat()} is out of range: an 'at' lies between "
+                f"{EARLIEST_AT:%Y-%m-%d} and {LATEST_AT:%Y-%m-%d} (UTC)"
+            )
+        return value
 
 
 def _schedule_kind(value: Any) -> str | None:
@@ -208,22 +242,35 @@ class TaskdefFile(StrictModel):
     """A whole taskdef file: a format version and a list of tasks."""
 
     version: Literal[1]
-    tasks: list[TaskDef] = Field(default_factory=list)
+    # Required, even when empty (`tasks: []`): a file cut short after its header must not
+    # read as "delete every task this file declared".
+    tasks: list[TaskDef]
 
 
-def _storable(value: object) -> None:
-    """PostgreSQL text and JSONB cannot hold NUL (U+0000); refuse it here, with a line
-    number, rather than fail every later sync as if the database were down."""
+def _storable(value: object, path: str = "") -> None:
+    """What PostgreSQL's text and JSONB cannot hold — NUL (U+0000), infinities and NaN (YAML
+    has `.inf`, `.nan`; 1e400 reads as infinity) — is refused here, with a line number,
+    rather than failing every later sync as if the database were down."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValueError("NUL characters (\\0) cannot be stored")
+            raise ValueError(f"{_where(path)}NUL characters (\\0) cannot be stored")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{_where(path)}{value} is not a finite number (JSON has no infinity or NaN); "
+                "quote it to pass it as a string"
+            )
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
-            _storable(item)
+            _storable(key, path)
+            _storable(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
-        for item in value:
-            _storable(item)
+        for index, item in enumerate(value):
+            _storable(item, f"{path}[{index}]")
+
+
+def _where(path: str) -> str:
+    return f"at {quoted(path)}: " if path else ""
 
 
 @lru_cache(maxsize=1024)

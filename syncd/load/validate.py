@@ -17,10 +17,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from schemas.cron import never_fires
 from schemas.kinds import validation_context
 from schemas.policy import DEFAULT_POLICY, LimitsPolicy, Policy
 from schemas.secrets import credential_hints, secret_refs
-from schemas.taskdef import TaskDef, TaskdefFile
+from schemas.taskdef import CronSchedule, TaskDef, TaskdefFile
+from schemas.text import quoted, visible
 from syncd.load.yamlsafe import Marks, Position
 
 Loc = tuple[int | str, ...]
@@ -64,6 +66,7 @@ def validate_document(
         found.warnings.extend(_credential_warnings(index, raw, data, marks))
     if document is not None:
         found.problems.extend(limit_problems(document, data, marks, policy.limits))
+        found.warnings.extend(_never_firing(document, data, marks))
     if document is not None and not found.problems:
         task_items = marks.items.get(id(raw_tasks), [])
         found.tasks.extend(
@@ -139,7 +142,7 @@ def _check_task_type(
     if model is None:
         known = ", ".join(sorted(task_types)) or "none"
         hint = _did_you_mean(task_type, task_types)
-        message = f"unknown task_type {task_type!r}{hint} (known: {known})"
+        message = f"unknown task_type {quoted(task_type)}{hint} (known: {known})"
         return [
             _at(data, marks, (*base, "task_type"), _label(base, data) + ".task_type: " + message)
         ]
@@ -176,6 +179,16 @@ def _credential_warnings(
         )
         for loc, why in credential_hints(parameters)
     ]
+
+
+def _never_firing(document: TaskdefFile, data: Any, marks: Marks) -> list[tuple[int, int, str]]:
+    """A cron no date satisfies (30 February) is valid cron, and almost surely a mistake."""
+    warnings = []
+    for index, task in enumerate(document.tasks):
+        if isinstance(task.schedule, CronSchedule) and (why := never_fires(task.schedule.cron)):
+            loc: Loc = ("tasks", index, "schedule", "cron")
+            warnings.append(_at(data, marks, loc, f"{_label(loc, data)}: never fires: {why}"))
+    return warnings
 
 
 def limit_problems(
@@ -256,6 +269,7 @@ FRIENDLY = {
         "task_type",
         "string_pattern_mismatch",
     ): "a task_type is a dotted Python-style name such as cleanup.temp_files",
+    ("at", "timezone_aware"): "a date-time needs an offset, e.g. 2026-12-01T09:00:00+02:00 or …Z",
 }
 
 
@@ -263,9 +277,9 @@ def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     field_name = error["loc"][-1] if error["loc"] else ""
     if kind == "missing":
-        return f"missing required key {field_name!r}"
+        return f"missing required key {quoted(field_name)}"
     if kind == "extra_forbidden":
-        return f"unknown key {field_name!r}"
+        return f"unknown key {quoted(field_name)}"
     if (friendly := FRIENDLY.get((str(field_name), kind))) is not None:
         return friendly
     if kind == "invalid-json-value":
@@ -316,6 +330,9 @@ def _has_step(node: Any, step: int | str) -> bool:
     return isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
 
 
+LABEL_LIMIT = 60  # characters of a name or key shown in a location label
+
+
 def _label(loc: Loc, data: Any) -> str:
     """`tasks[2] (nightly-cleanup).schedule.cron`: the path a person can find in the file."""
     parts: list[str] = []
@@ -325,9 +342,10 @@ def _label(loc: Loc, data: Any) -> str:
             parts.append(f"[{step}]")
             node = node[step] if isinstance(node, list) and 0 <= step < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str):
-                parts.append(f" ({node['name']})")
+                parts.append(f" ({visible(node['name'], LABEL_LIMIT)})")
         else:
-            parts.append(f".{step}" if parts else str(step))
+            key = visible(str(step), LABEL_LIMIT)
+            parts.append(f".{key}" if parts else key)
             node = node.get(step) if isinstance(node, dict) else None
     return "".join(parts) or "file"
 
@@ -350,5 +368,7 @@ def _allowed_keys(loc: Loc, container: Any) -> Sequence[str]:
 
 
 def _did_you_mean(word: str, choices: Mapping[str, Any] | Sequence[str]) -> str:
+    if len(word) > LABEL_LIMIT:  # no key or type is that long; difflib is quadratic
+        return ""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
     return f" (did you mean {matches[0]!r}?)" if matches else ""

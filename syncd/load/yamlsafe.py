@@ -27,6 +27,7 @@ except AttributeError:  # pragma: no cover - libyaml missing; 7x slower but corr
 # may not exceed what it spells out by much: that is the whole "billion laughs" attack.
 EXPANSION_FACTOR = 4
 EXPANSION_ALLOWANCE = 10_000
+EXPANSION_ALLOWANCE_CHARS = 1_000_000
 
 
 class YamlProblem(Exception):
@@ -140,33 +141,50 @@ def _reject_duplicate_keys(node: MappingNode) -> None:
         seen[ident] = key_node
 
 
-def _check_expansion(root: Node) -> None:
-    """Refuse documents whose aliases expand far beyond their written size (or loop)."""
-    expanded: dict[int, int] = {}
+def _check_expansion(root: Node, written_chars: int) -> None:
+    """Refuse documents whose aliases expand far beyond their written size (or loop).
+
+    Both nodes and characters count: a thousand aliases of one 1 MB string are few nodes
+    but a gigabyte of data, and of error messages about it."""
+    expanded: dict[int, tuple[int, int]] = {}
     in_progress: set[int] = set()
 
-    def size(node: Node) -> int:
+    def size(node: Node) -> tuple[int, int]:
         ident = id(node)
         if ident in expanded:
             return expanded[ident]
         if ident in in_progress:
             raise YamlProblem("recursive alias: a node contains itself", *_pair(node))
         in_progress.add(ident)
-        total = 1
-        if isinstance(node, SequenceNode):
-            total += sum(size(child) for child in node.value)
+        nodes, chars = 1, 0
+        children: list[Node] = []
+        if isinstance(node, ScalarNode):
+            chars = len(node.value)
+        elif isinstance(node, SequenceNode):
+            children = node.value
         elif isinstance(node, MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+            children = [part for pair in node.value for part in pair]
+        for child in children:
+            child_nodes, child_chars = size(child)
+            nodes += child_nodes
+            chars += child_chars
         in_progress.discard(ident)
-        expanded[ident] = total
-        return total
+        expanded[ident] = (nodes, chars)
+        return nodes, chars
 
-    total = size(root)
-    limit = EXPANSION_FACTOR * len(expanded) + EXPANSION_ALLOWANCE
-    if total > limit:
+    nodes, chars = size(root)
+    node_limit = EXPANSION_FACTOR * len(expanded) + EXPANSION_ALLOWANCE
+    if nodes > node_limit:
         raise YamlProblem(
-            f"aliases expand this document to {total} nodes from {len(expanded)} written "
-            f"(limit {limit}): refusing a possible alias bomb",
+            f"aliases expand this document to {nodes} nodes from {len(expanded)} written "
+            f"(limit {node_limit}): refusing a possible alias bomb",
+            *_pair(root),
+        )
+    char_limit = EXPANSION_FACTOR * written_chars + EXPANSION_ALLOWANCE_CHARS
+    if chars > char_limit:
+        raise YamlProblem(
+            f"aliases expand this document to {chars} characters from {written_chars} written "
+            f"(limit {char_limit}): refusing a possible alias bomb",
             *_pair(root),
         )
 
@@ -209,7 +227,7 @@ def parse_document(text: str) -> tuple[Any, Marks]:
         if root is None:
             return None, loader.marks
         _check_depth(root)
-        _check_expansion(root)
+        _check_expansion(root, len(text))
         return loader.construct_document(root), loader.marks
     except yaml.MarkedYAMLError as exc:
         raise _from_marked(exc) from None
