@@ -19,7 +19,7 @@ a copy of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,12 +35,14 @@ from syncd.adapters.redis import (
     RemoveSchedule,
     SetStatus,
 )
+from syncd.core.errors import StoreRefused
 from syncd.core.gcpause import gc_paused
 from syncd.core.guards import SyncOptions, check_guards
 from syncd.core.keys import KeyLayout, schedule_id
 from syncd.core.model import Actual, DesiredTask, TaskCatalog
 from syncd.core.payloads import index_key
 from syncd.core.plan import Plan, TaskPlan, plan
+from syncd.core.problems import Problem
 from syncd.core.settings import Settings
 from syncd.load.loader import LoadCache, LoadResult, build_desired, load_taskdefs
 
@@ -85,6 +87,9 @@ class ApplyResult:
     rows_written: int
     rows_deleted: int
     redis_ops: int
+    # Files whose rows PostgreSQL refused: nothing of theirs was written (frozen as last
+    # applied), one error each naming the task.
+    refused: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,11 @@ def read_actual(stores: Stores) -> Actual:
         unmanaged,
         stores.db.read_foreign_ids(),
     )
+
+
+def owners_of(actual: Actual) -> dict[str, str | None]:
+    """Which taskdef file each applied task came from (it keeps a duplicated name)."""
+    return {name: row.source_file for name, row in actual.rows.items()}
 
 
 def reconcile_once(
@@ -130,19 +140,22 @@ def reconcile_once(
             )
         with timed("revision"):
             revision = revision_of(taskdefs) if taskdefs.is_dir() else None
-        with timed("desired"):
-            desired = build_desired(loaded, catalog, revision)
         if not options.dry_run:
             with timed("lock"):
                 held.enter_context(stores.db.sync_lock(options.lock_wait_seconds))
         with timed("read"):
             actual = read_actual(stores)
+        with timed("desired"):
+            loaded = loaded.settle_duplicates(owners_of(actual))
+            desired = build_desired(loaded, catalog, revision)
         with timed("plan"):
             the_plan = plan(desired, actual, now, stores.layout)
         refusals = check_guards(the_plan, options)
         if options.dry_run or the_plan.is_empty or refusals:
             return Outcome(loaded, the_plan, None, refusals)
         applied = apply_plan(the_plan, stores, progress=progress, timed=timed)
+    if applied.refused:
+        loaded = loaded.with_problems(applied.refused)
     return Outcome(loaded, the_plan, applied, refusals)
 
 
@@ -153,30 +166,95 @@ def apply_plan(
     progress: Progress | None = None,
     timed: _Timer | None = None,
 ) -> ApplyResult:
-    """Write the plan to both stores; raises StoreUnavailable if either fails midway."""
+    """Write the plan to both stores; raises StoreUnavailable if either fails midway.
+
+    A value PostgreSQL refuses costs only its file: the rows are then written file by file,
+    and a refused file's tasks get no row and no Redis write (they stay as last applied)."""
     timed = timed or _Timer(None)
-    creates = [_row_values(t) for t in the_plan.tasks if t.action == "create"]
-    updates = [
-        (t.config_id, _row_values(t))
-        for t in the_plan.tasks
-        if t.write_row and t.action in ("update", "noop") and t.config_id is not None
-    ]
-    deletes = [
-        t.config_id for t in the_plan.tasks if t.action == "delete" and t.config_id is not None
-    ]
+    writes = _RowWrites.of(the_plan.tasks)
     ids: dict[str, int] = {}
+    refused: tuple[Problem, ...] = ()
     with timed("postgresql"):
-        if creates or updates or deletes:
+        if writes:
             if progress:
-                progress("postgresql", 0, len(creates) + len(updates) + len(deletes))
-            ids = stores.db.apply(creates, updates, deletes, the_plan.revision)
+                progress("postgresql", 0, len(writes))
+            ids, refused = _write_rows(stores.db, the_plan, writes)
+    skipped = frozenset(p.path for p in refused)
     with timed("redis_ops"):
-        ops = redis_ops(the_plan, ids, stores.layout)
+        ops = redis_ops(the_plan, ids, stores.layout, skip_paths=skipped)
     with timed("redis"):
         if ops:
             report = (lambda done: progress("redis", done, len(ops))) if progress else None
             stores.redis.apply(ops, on_progress=report)
-    return ApplyResult(len(creates) + len(updates), len(deletes), len(ops))
+    return ApplyResult(
+        len(writes.creates) + len(writes.updates), len(writes.deletes), len(ops), refused
+    )
+
+
+@dataclass(frozen=True)
+class _RowWrites:
+    """The PostgreSQL writes of some planned tasks."""
+
+    creates: list[DesiredTask]
+    updates: list[tuple[int, DesiredTask]]
+    deletes: list[int]
+
+    @classmethod
+    def of(cls, tasks: Iterable[TaskPlan]) -> _RowWrites:
+        tasks = list(tasks)
+        return cls(
+            [_row_values(t) for t in tasks if t.action == "create"],
+            [
+                (t.config_id, _row_values(t))
+                for t in tasks
+                if t.write_row and t.action in ("update", "noop") and t.config_id is not None
+            ],
+            [t.config_id for t in tasks if t.action == "delete" and t.config_id is not None],
+        )
+
+    def __len__(self) -> int:
+        return len(self.creates) + len(self.updates) + len(self.deletes)
+
+
+def _write_rows(
+    db: DbStore, the_plan: Plan, writes: _RowWrites
+) -> tuple[dict[str, int], tuple[Problem, ...]]:
+    """All rows in one transaction; if PostgreSQL refuses a value, one transaction per file."""
+    try:
+        return db.apply(writes.creates, writes.updates, writes.deletes, the_plan.revision), ()
+    except StoreRefused:
+        pass
+    by_file: dict[str | None, list[TaskPlan]] = {}
+    for task in the_plan.tasks:
+        by_file.setdefault(task.source, []).append(task)
+    ids: dict[str, int] = {}
+    refused: list[Problem] = []
+    for tasks in by_file.values():
+        group = _RowWrites.of(tasks)
+        if not group:
+            continue
+        try:
+            ids.update(db.apply(group.creates, group.updates, group.deletes, the_plan.revision))
+        except StoreRefused as exc:
+            refused += _refusals(db, tasks, group, the_plan.revision, str(exc))
+    return ids, tuple(refused)
+
+
+def _refusals(
+    db: DbStore, tasks: list[TaskPlan], group: _RowWrites, revision: str | None, reason: str
+) -> list[Problem]:
+    """One error per refused task of a file (or one for the file, if no row alone fails)."""
+    named = db.refused_rows(group.creates, group.updates, revision)
+    shown = [t.path or t.source for t in tasks]
+    path = next((p for p in shown if p), "<taskdefs>")
+    where = {t.name: t.line or 1 for t in tasks}
+    suffix = "; this file stays as last applied"
+    if not named:
+        return [Problem(path, 1, 1, f"PostgreSQL refused this file's rows: {reason}{suffix}")]
+    return [
+        Problem(path, where.get(name, 1), 1, f"task {name!r}: PostgreSQL refused it: {why}{suffix}")
+        for name, why in named.items()
+    ]
 
 
 def _row_values(task: TaskPlan) -> DesiredTask:
@@ -186,13 +264,21 @@ def _row_values(task: TaskPlan) -> DesiredTask:
     return DesiredTask(task.after, task.source, task.line, task.path or task.source)
 
 
-def redis_ops(the_plan: Plan, ids: Mapping[str, int], layout: KeyLayout) -> list[RedisOp]:
+def redis_ops(
+    the_plan: Plan,
+    ids: Mapping[str, int],
+    layout: KeyLayout,
+    skip_paths: frozenset[str] = frozenset(),
+) -> list[RedisOp]:
     """The plan's Redis writes, in a safe order: statuses first (a new schedule is never seen
-    without its `active` status), then schedules, then status deletions, then strays."""
+    without its `active` status), then schedules, then status deletions, then strays.
+    Tasks of `skip_paths` (files whose rows were refused) get none."""
     statuses: list[RedisOp] = []
     schedules: list[RedisOp] = []
     cleanups: list[RedisOp] = []
     for task in the_plan.tasks:
+        if skip_paths and (task.path or task.source) in skip_paths:
+            continue
         config_id = task.config_id if task.config_id is not None else ids.get(task.name)
         if config_id is None:
             continue

@@ -31,12 +31,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from schemas.tables import MANAGED_BY_SYNCD, task_configs
 from syncd.adapters.executions import ExecutionReader
 from syncd.adapters.migrate import current_revision, head_revision
-from syncd.adapters.pg import SCHEMA_MISSING_MESSAGE, jsonb_records, pooled_engine, translate_errors
+from syncd.adapters.pg import (
+    SCHEMA_MISSING_MESSAGE,
+    jsonb_records,
+    pooled_engine,
+    short_reason,
+    translate_errors,
+)
 from syncd.core.errors import ConflictError, SchemaMissing
 from syncd.core.model import CONFIG_FIELDS, DesiredTask, Row, TaskConfig
 
@@ -141,6 +147,35 @@ class DbStore:
             ids.update(_update_rows(conn, updates, revision))
             _delete_rows(conn, deletes)
         return ids
+
+    def refused_rows(
+        self,
+        creates: Sequence[DesiredTask],
+        updates: Sequence[tuple[int, DesiredTask]],
+        revision: str | None,
+    ) -> dict[str, str]:
+        """Which of these rows PostgreSQL refuses (name -> its reason); writes nothing.
+
+        Each row is tried alone in a savepoint of one transaction that is rolled back: the
+        slow path after a bulk write was refused, to name the task at fault."""
+        tries: list[tuple[str, list[DesiredTask], list[tuple[int, DesiredTask]]]] = [
+            (t.config.name, [t], []) for t in creates
+        ]
+        tries += [(task.config.name, [], [(row_id, task)]) for row_id, task in updates]
+        refused: dict[str, str] = {}
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            everything = conn.begin()
+            try:
+                for name, one_create, one_update in tries:
+                    try:
+                        with conn.begin_nested():
+                            _insert_rows(conn, one_create, revision)
+                            _update_rows(conn, one_update, revision)
+                    except DBAPIError as exc:
+                        refused[name] = short_reason(exc.orig or exc)
+            finally:
+                everything.rollback()
+        return refused
 
     def get_row(self, name: str) -> Row | None:
         """The managed row of that name, or None (also for a row syncd does not manage)."""

@@ -4,6 +4,7 @@
     ├── TaskdefError                the YAML has problems (carries every `path:line:col: message`)
     │   └── PolicyError             the operator policy file has problems (same form)
     ├── StoreUnavailable            PostgreSQL or Redis cannot be reached or answered with an error
+    ├── StoreRefused                a store refused a value it was sent (that value's file is frozen)
     ├── SchemaMissing               the database has no (or an old) schema: run `syncd migrate`
     ├── SyncRefused                 a safety rule stopped the sync (mass delete, empty taskdefs...)
     ├── ConflictError               another writer holds the lock
@@ -51,6 +52,11 @@ class PolicyError(TaskdefError):
 
 class StoreUnavailable(SyncdError):
     """PostgreSQL or Redis could not be reached, or failed mid-operation."""
+
+
+class StoreRefused(SyncdError):
+    """A store reached fine refused a value (a data error): the write is at fault, not the
+    store, so a sync applies file by file and freezes only the file that carried it."""
 
 
 class SchemaMissing(SyncdError):

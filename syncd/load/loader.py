@@ -67,6 +67,23 @@ class LoadResult:
     root: str
     files: tuple[FileResult, ...]
     problems: tuple[Problem, ...]  # all of them, sorted; per-file ones and cross-file ones
+    duplicates: tuple[Problem, ...] = ()  # the duplicate-name ones among them
+
+    def with_problems(self, found: Iterable[Problem]) -> LoadResult:
+        """This result with more problems (found while applying): their files are broken."""
+        problems = tuple(sorted((*self.problems, *found)))
+        return LoadResult(self.root, self.files, problems, self.duplicates)
+
+    def settle_duplicates(self, owners: Mapping[str, str | None]) -> LoadResult:
+        """Judge duplicate names again, knowing which file each applied task came from
+        (`owners`: name -> source file of its row): the owner keeps it, the newcomer's
+        file is the one in error, so an edit elsewhere in the owner's file still applies."""
+        settled = duplicate_name_problems(self.files, owners)
+        if settled == list(self.duplicates):
+            return self
+        old = set(self.duplicates)
+        problems = [p for p in self.problems if p not in old] + settled
+        return LoadResult(self.root, self.files, tuple(sorted(problems)), tuple(settled))
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -176,11 +193,12 @@ def _assemble(
     root: str, files: list[FileResult], now: datetime | None, policy: Policy
 ) -> LoadResult:
     problems = [p for f in files for p in f.problems]
-    problems += duplicate_name_problems(files)
+    duplicates = duplicate_name_problems(files)
+    problems += duplicates
     problems += too_many_tasks(root, files, policy)
     if now is not None:
         problems += expired_at_warnings(files, now)
-    return LoadResult(root, tuple(files), tuple(sorted(problems)))
+    return LoadResult(root, tuple(files), tuple(sorted(problems)), tuple(duplicates))
 
 
 def load_file(
@@ -193,6 +211,7 @@ def load_file(
     source = path.relative_to(root).as_posix()
     shown = str(path)
     try:
+        path = _inside(path, root)
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             return _failed(
@@ -201,7 +220,29 @@ def load_file(
         raw = path.read_bytes()
     except OSError as exc:
         return _failed(source, shown, "", f"cannot read file: {exc.strerror or exc}")
+    except _LinkLeavesRoot:
+        return _failed(
+            source,
+            shown,
+            "",
+            "symbolic link to a file outside the taskdefs directory: refused (a reviewer "
+            "sees only the link, not what it points at)",
+        )
     return parse_file(raw, source, shown, task_types, cache, policy=policy)
+
+
+class _LinkLeavesRoot(Exception):
+    pass
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """The file to read: `path` itself, or the target of a link that stays below `root`."""
+    if not path.is_symlink():
+        return path
+    target = path.resolve(strict=True)
+    if not target.is_relative_to(root.resolve()):
+        raise _LinkLeavesRoot
+    return target
 
 
 def parse_file(
@@ -288,8 +329,11 @@ def too_many_tasks(root: str, files: Iterable[FileResult], policy: Policy) -> li
     return [Problem(root, 0, 0, message)]
 
 
-def duplicate_name_problems(files: Iterable[FileResult]) -> list[Problem]:
-    """A name declared twice is an error at every declaration, naming the other place."""
+def duplicate_name_problems(
+    files: Iterable[FileResult], owners: Mapping[str, str | None] | None = None
+) -> list[Problem]:
+    """A name declared twice is an error at every declaration, naming the other place;
+    when `owners` says which file the applied task came from, that declaration keeps it."""
     by_name: dict[str, list[LoadedTask]] = {}
     for file in files:
         for task in file.tasks:
@@ -298,17 +342,30 @@ def duplicate_name_problems(files: Iterable[FileResult]) -> list[Problem]:
     for name, tasks in by_name.items():
         if len(tasks) < 2:
             continue
+        owner = _owning_declaration(tasks, (owners or {}).get(name))
         for task in tasks:
-            others = ", ".join(f"{o.path}:{o.line}" for o in tasks if o is not task)
+            if task is owner:
+                continue
             problems.append(
-                Problem(
-                    task.path,
-                    task.line,
-                    1,
-                    f"duplicate task name {name!r} (also declared at {others})",
-                )
+                Problem(task.path, task.line, 1, _duplicate_message(task, tasks, owner))
             )
-    return problems
+    return sorted(problems)
+
+
+def _owning_declaration(tasks: list[LoadedTask], source: str | None) -> LoadedTask | None:
+    holders = [t for t in tasks if source is not None and t.source == source]
+    return holders[0] if len(holders) == 1 else None
+
+
+def _duplicate_message(task: LoadedTask, tasks: list[LoadedTask], owner: LoadedTask | None) -> str:
+    name = task.spec.name
+    if owner is not None:
+        return (
+            f"duplicate task name {name!r}: it is already applied from {owner.path}:"
+            f"{owner.line}, which keeps it; rename this one"
+        )
+    others = ", ".join(f"{o.path}:{o.line}" for o in tasks if o is not task)
+    return f"duplicate task name {name!r} (also declared at {others})"
 
 
 def expired_at_warnings(files: Iterable[FileResult], now: datetime) -> list[Problem]:

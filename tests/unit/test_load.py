@@ -116,7 +116,7 @@ def test_cron_is_normalised(taskdefs: Path, write: WriteTaskdef) -> None:
         (
             "version: 1\ntasks:\n  - name: x\n    task_type: diagnostics.noop\n"
             "    schedule: {at: 2030-01-01T00:00:00}\n",
-            "schedule.at: Input should have timezone info",
+            "schedule.at: a date-time needs an offset",
         ),
         (
             "version: 1\ntasks:\n  - name: 'a:b'\n    task_type: diagnostics.noop\n",
@@ -250,7 +250,7 @@ def test_every_problem_in_every_file_is_reported_sorted(
     taskdefs: Path, write: WriteTaskdef
 ) -> None:
     write("b.yaml", "version: 1\ntasks:\n  - name: x\n    task_type: nope\n    priority: 0\n")
-    write("a.yaml", "version: 3\n")
+    write("a.yaml", "version: 3\ntasks: []\n")
     found = messages(taskdefs)
     assert len(found) == 3, found
     assert found == sorted(found)
@@ -379,3 +379,83 @@ def test_absurd_shapes_are_refused_before_validation(taskdefs: Path) -> None:
     task = "  - {name: t, task_type: diagnostics.noop}\n"
     (taskdefs / "a.yaml").write_text("version: 1\ntasks:\n" + task * 5001)
     assert "5001 tasks in one file; at most 5000" in only_message(taskdefs)
+
+
+def test_a_cron_that_never_fires_is_a_warning(taskdefs: Path, write: WriteTaskdef) -> None:
+    write(
+        "a.yaml",
+        "version: 1\ntasks:\n  - name: feb30\n    task_type: diagnostics.noop\n"
+        '    schedule: {cron: "0 0 30 2 *"}\n',
+    )
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
+    assert result.errors == ()
+    (warning,) = result.warnings
+    assert warning.line == 5
+    assert "never fires: day-of-month 30 never occurs in February" in warning.message
+    assert [t.spec.name for t in result.tasks] == ["feb30"]
+
+
+def test_a_step_beyond_the_range_registers_its_first_value(
+    taskdefs: Path, write: WriteTaskdef
+) -> None:
+    write(
+        "a.yaml",
+        "version: 1\ntasks:\n  - name: s\n    task_type: diagnostics.noop\n"
+        '    schedule: {cron: "05 17-22/30 * * 1-5"}\n',
+    )
+    (task,) = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY).tasks
+    assert task.spec.schedule is not None
+    assert task.spec.schedule.model_dump()["cron"] == "5 17 * * 1-5"
+
+
+def test_a_quoted_instant_means_the_same_as_an_unquoted_one(
+    taskdefs: Path, write: WriteTaskdef
+) -> None:
+    body = (
+        "version: 1\ntasks:\n  - name: {}\n    task_type: diagnostics.noop\n"
+        "    schedule: {{at: {}}}\n"
+    )
+    write("a.yaml", body.format("q", '"2030-12-01T09:00:00+02:00"'))
+    write("b.yaml", body.format("u", "2030-12-01T09:00:00+02:00"))
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
+    assert result.problems == ()
+    quoted, unquoted = (t.spec.at_time() for t in result.tasks)
+    assert quoted == unquoted
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+400", "[1, .inf]"])
+def test_non_finite_numbers_are_refused_where_they_are(
+    taskdefs: Path, write: WriteTaskdef, value: str
+) -> None:
+    write(
+        "a.yaml",
+        "version: 1\ntasks:\n  - name: n\n    task_type: notification.webhook\n"
+        f"    parameters: {{url: 'http://127.0.0.1:9/', payload: {{deep: {{x: {value}}}}}}}\n",
+    )
+    message = only_message(taskdefs)
+    assert ":5:" in message
+    assert "not a finite number" in message
+    assert "payload.deep.x" in message
+
+
+def test_duplicate_names_settle_on_the_applied_owner(taskdefs: Path, write: WriteTaskdef) -> None:
+    body = "version: 1\ntasks:\n  - name: {}\n    task_type: diagnostics.noop\n"
+    write("owner.yaml", body.format("shared"))
+    write("newcomer.yaml", body.format("shared"))
+    result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
+    assert {p.path.rsplit("/", 1)[-1] for p in result.errors} == {"owner.yaml", "newcomer.yaml"}
+    settled = result.settle_duplicates({"shared": "owner.yaml"})
+    (error,) = settled.errors
+    assert error.path.endswith("newcomer.yaml")
+    assert "already applied from" in error.message
+    assert [t.source for t in settled.tasks] == ["owner.yaml"]
+    # An owner unknown to the files (or none): both stay in error, as without stores.
+    assert len(result.settle_duplicates({"shared": "gone.yaml"}).errors) == 2
+
+
+def test_a_huge_name_is_cut_in_every_message(taskdefs: Path, write: WriteTaskdef) -> None:
+    huge = "x" * 100_000
+    write("a.yaml", f"version: 1\ntasks:\n  - name: {huge}\n    task_type: nope\n    bogus: 1\n")
+    found = messages(taskdefs)
+    assert len(found) >= 2
+    assert all(len(line) < 500 for line in found), [len(line) for line in found]

@@ -355,6 +355,16 @@ def test_guards_refuse_mass_and_total_deletes() -> None:
     assert check_guards(most, SyncOptions(max_deletes=11)) == ()
 
 
+def test_replacing_every_task_falls_under_max_deletes_not_allow_empty() -> None:
+    _, after = converge(desired(*(cfg(f"old{i}") for i in range(3))), empty())
+    renamed = plan(desired(*(cfg(f"new{i}") for i in range(3))), after, NOW, LAYOUT)
+    assert check_guards(renamed, SyncOptions(max_deletes=3)) == ()
+    (reason,) = check_guards(renamed, SyncOptions(max_deletes=2))
+    assert "replace all 3 managed tasks" in reason
+    assert "creates 3" in reason
+    assert "--allow-empty" not in reason
+
+
 def test_unmanaged_name_is_an_error() -> None:
     the_plan = plan(desired(cfg("a")), Actual({}, {}, {}, frozenset({"a"})), NOW, LAYOUT)
     assert the_plan.errors
