@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from syncd.adapters.redis import redact_url, translate_errors
+from syncd.adapters.redis import client_from_url, translate_errors
 from syncd.core.errors import StoreUnavailable
 
 # Both scripts act only if the key still holds our token: a lease that expired and
@@ -88,13 +88,13 @@ class Lease:
     def from_url(cls, url: str, key: str, *, ttl: float = 10.0) -> Lease:
         """Short timeouts and no retries: an attempt must finish well within the TTL."""
         timeout = max(0.5, ttl / 5)
-        client = redis.Redis.from_url(
+        client, shown = client_from_url(
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, key, ttl=ttl, url_for_messages=redact_url(url))
+        return cls(client, key, ttl=ttl, url_for_messages=shown)
 
     def is_held(self) -> bool:
         """True while our last acquire or renewal is younger than the TTL (minus a margin)."""

@@ -3,18 +3,24 @@
 The reconcile reads every schedule and status through `RedisStore` and hands it the
 plan's writes as `RedisOp`s; `pause` and `resume` use it to set a status.
 It does not decide what to write, never unpickles anything, and lets no redis exception out.
+
+Keys and list entries that are not UTF-8 are read as str with surrogateescape (the plan
+sees them as strays) and sent back as the very same bytes, so a sync can remove them.
+`client_from_url` is the one way to a client from a URL: it refuses a malformed URL, and
+messages name Redis by `location`, which shows nothing of the user info or the query.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -28,6 +34,21 @@ from syncd.core.model import ScheduleRecord
 SCAN_COUNT = 1000
 MGET_CHUNK = 1000
 UNREADABLE: dict[str, Any] = {"__unreadable__": True}
+URL_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+SCHEMES = ("redis", "rediss", "unix")  # redis-py's, lower case only
+DEFAULT_PORT = 6379
+MAX_PORT = 65535
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_END = re.compile(r"[/?#]")
+_AT_AFTER_HOST = (
+    "an '@' follows the host: percent-encode '/', '?' and '#' in the password "
+    "(%2F, %3F, %23) and any '@' outside it (%40)"
+)
+_UNUSABLE = (
+    "redis-py cannot use it: percent-encode '[', ']' and '%' in the password, "
+    "and check the options in its query"
+)
 
 
 @dataclass(frozen=True)
@@ -83,15 +104,14 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, layout: KeyLayout | None = None) -> RedisStore:
         """A store with bounded timeouts and a few quick retries, so a dead Redis fails fast."""
-        client = redis.Redis.from_url(
+        client, shown = client_from_url(
             url,
             socket_connect_timeout=5,
             socket_timeout=30,
             health_check_interval=30,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-            encoding_errors="surrogateescape",  # ids read back as str are written back intact
         )
-        return cls(client, layout or KeyLayout(), redact_url(url))
+        return cls(client, layout or KeyLayout(), shown)
 
     def __enter__(self) -> RedisStore:
         return self
@@ -151,7 +171,7 @@ class RedisStore:
         list_keys = [layout.cron_key, layout.interval_key, *time_keys]
         pipe = self._client.pipeline(transaction=False)
         for key in list_keys:
-            pipe.lrange(key, 0, -1)
+            pipe.lrange(_raw(key), 0, -1)
         listed: dict[str, list[str]] = {}
         for key, entries in zip(list_keys, pipe.execute(), strict=True):
             for entry in cast(list[bytes], entries):
@@ -175,7 +195,7 @@ class RedisStore:
         """Values of `keys` in order: MGETs of MGET_CHUNK keys, all in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for start in range(0, len(keys), MGET_CHUNK):
-            pipe.mget(keys[start : start + MGET_CHUNK])
+            pipe.mget([_raw(key) for key in keys[start : start + MGET_CHUNK]])
         chunks = cast(list[list[bytes | None]], pipe.execute())
         return [value for chunk in chunks for value in chunk]
 
@@ -212,18 +232,20 @@ class RedisStore:
         self.apply([SetStatus(config_id, status)])
 
     def _queue(self, pipe: Pipeline, op: RedisOp) -> None:
+        # Every key and entry goes out as bytes (`_raw`): one read back from Redis may hold
+        # surrogates, which the hiredis command packer refuses to encode.
         layout = self._layout
         if isinstance(op, PutSchedule):
             sid = op.schedule_id
-            pipe.set(layout.data_key(sid), json.dumps(op.payload, separators=(",", ":")))
+            pipe.set(_raw(layout.data_key(sid)), json.dumps(op.payload, separators=(",", ":")))
             # Already listed exactly once in the right list (read under the sync lock): only
             # the data changed. LREM scans the whole list, so skipping it keeps bulk updates
             # linear instead of quadratic.
             if op.current_lists != (op.index_key,):
                 _lrem_all(pipe, sid, {*op.current_lists, op.index_key})
-                pipe.rpush(op.index_key, sid)
+                pipe.rpush(_raw(op.index_key), _raw(sid))
         elif isinstance(op, RemoveSchedule):
-            pipe.delete(layout.data_key(op.schedule_id))
+            pipe.delete(_raw(layout.data_key(op.schedule_id)))
             lists = {*op.current_lists, layout.cron_key, layout.interval_key}
             _lrem_all(pipe, op.schedule_id, lists)
         elif isinstance(op, SetStatus):
@@ -245,8 +267,9 @@ def translate_errors(where: str) -> Iterator[None]:
 
 
 def _lrem_all(pipe: Pipeline, schedule_id: str, lists: Iterable[str]) -> None:
+    member = cast(str, _raw(schedule_id))  # bytes, which redis-py's annotation omits
     for key in sorted(lists):
-        pipe.lrem(key, 0, schedule_id)
+        pipe.lrem(_raw(key), 0, member)
 
 
 def _parse_payload(raw: bytes) -> dict[str, Any]:
@@ -267,21 +290,94 @@ def _status_config_id(layout: KeyLayout, key: str) -> int | None:
 
 
 def _text(raw: bytes) -> str:
-    # surrogateescape: a key or id that is not UTF-8 round-trips through from_url's client.
+    # surrogateescape: a key or id that is not UTF-8 is still a str for the plan, and
+    # `_raw` turns it back into the exact bytes it was.
     return raw.decode("utf-8", "surrogateescape")
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password (in the user info or a `password=` query), for messages."""
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if parts.password is None and all(key != "password" for key, _ in query):
-        return url
-    kept = urlencode([(key, value) for key, value in query if key != "password"])
-    netloc = f"{user}@{hostport}" if user else hostport
-    return urlunsplit(parts._replace(netloc=netloc, query=kept))
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def client_from_url(url: str, **options: Any) -> tuple[redis.Redis, str]:
+    """A client for `url` (bytes replies) and `location(url)`, for its messages.
+
+    A URL redis-py cannot use raises StoreUnavailable, never its ValueError: that may
+    quote the part of the URL it choked on, password included.
+    """
+    shown = location(url)
+    try:
+        client = redis.Redis.from_url(url, **options)
+        # redis-py passes query options it does not know on to the connection, which
+        # rejects them at the first command: build one now (it does not connect yet).
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise _invalid(_UNUSABLE, shown) from exc
+    return client, shown
+
+
+def location(url: str) -> str:
+    """Where `url` points, for messages: scheme, host, port and db, or the socket path.
+
+    Nothing from before the host (user, password) or from the query is ever shown;
+    a URL whose parts are ambiguous raises StoreUnavailable. Like redis-py, the user info
+    ends at the LAST '@' of the host part, so an '@' in the password needs no encoding.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in SCHEMES:
+        raise _invalid("it does not start with redis://, rediss:// or unix://")
+    if _CONTROL.search(url):
+        raise _invalid("it contains a control character (a newline?)")
+    end = _HOST_END.search(rest)
+    netloc, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    if "@" in tail:
+        # A '/', '?' or '#' in the password ended the host part early: what follows it
+        # may be the rest of the password.
+        raise _invalid(_AT_AFTER_HOST, f"{scheme}://***")
+    _, at, host_port = netloc.rpartition("@")
+    path, _, query = tail.partition("#")[0].partition("?")
+    if scheme == "unix":
+        return f"unix://{path}"
+    host, port = _host_port(host_port, show=bool(at))
+    return f"{scheme}://{host or 'localhost'}:{port}/{_db(path, query, show=bool(at))}"
+
+
+def _host_port(text: str, *, show: bool) -> tuple[str, int]:
+    """HOST[:PORT] or [IPV6][:PORT]; `show`: the port may be quoted in a message."""
+    if text.startswith("["):
+        address, bracket, after = text.partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise _invalid("an IPv6 host must be written [ADDRESS] or [ADDRESS]:PORT")
+        return f"{address}]", _port(after[1:] if after else None, show=show)
+    host, colon, port = text.partition(":")
+    return host, _port(port if colon else None, show=show)
+
+
+def _port(text: str | None, *, show: bool) -> int:
+    if text is None:
+        return DEFAULT_PORT
+    # Without an '@', "HOST:PORT" may be a mistyped ":PASSWORD": quote it only after one.
+    quoted = f" {text!r}" if show else ""
+    if not (text.isascii() and text.isdigit()):
+        raise _invalid(f"the port{quoted} is not a number")
+    if not 1 <= int(text) <= MAX_PORT:
+        raise _invalid(f"the port{quoted} is out of range (1-{MAX_PORT})")
+    return int(text)
+
+
+def _db(path: str, query: str, *, show: bool) -> str:
+    """The database number: redis-py takes `?db=` first, then the path."""
+    text = parse_qs(query).get("db", [path.strip("/")])[0] or "0"
+    if not (text.isascii() and text.isdigit()):
+        quoted = f" {text!r}" if show else ""
+        raise _invalid(f"the database number{quoted} is not a number")
+    return text
+
+
+def _invalid(reason: str, shown: str = "") -> StoreUnavailable:
+    where = f" {shown}" if shown else ""
+    return StoreUnavailable(f"invalid Redis URL{where}: {reason}; expected {URL_FORM}")
 
 
 def _describe_client(client: redis.Redis) -> str:

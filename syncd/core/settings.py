@@ -20,8 +20,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SYNCD_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/syncd"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Both may hold a password: kept out of repr(), and checked (never echoed) by the
+    # adapters that use them (`adapters.pg.parse_url`, `adapters.redis.location`), so a
+    # command that needs no store never fails on them.
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/syncd", repr=False
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     schedule_prefix: str = Field(default=DEFAULT_SCHEDULE_PREFIX, pattern=r"^[^:]+$")
     status_prefix: str = DEFAULT_STATUS_PREFIX
     max_deletes: int = Field(default=10, ge=0)
@@ -66,6 +71,13 @@ class Settings(BaseSettings):
     policy: Path | None = None
     # Register the diagnostics.* task types (tests and the demo stack); off in production.
     diagnostics: bool = False
+
+    @field_validator("database_url", "redis_url")
+    @classmethod
+    def _trimmed(cls, value: str) -> str:
+        # A URL read from a secret file often ends in a newline. Never raises: an error
+        # here would quote the value, password included.
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod
