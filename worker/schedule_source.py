@@ -81,7 +81,9 @@ class SyncdScheduleSource(ListRedisScheduleSource):
         ids: list[bytes] = [i for ids in await pipe.execute() for i in ids]
         if catch_up:  # one-shots whose minute passed while no scheduler ran: send them late
             ids += await self._missed_one_shots(redis, now)
-        keys = [self.layout.data_key(i.decode()) for i in dict.fromkeys(ids)]
+        # An entry that is not UTF-8 is no schedule syncd wrote (the next sync removes it
+        # as a stray); the scheduler skips it rather than stop firing the others.
+        keys = [self.layout.data_key(i.decode()) for i in dict.fromkeys(ids) if _is_utf8(i)]
         values: list[bytes] = []
         for start in range(0, len(keys), 1000):
             values += [
@@ -94,7 +96,7 @@ class SyncdScheduleSource(ListRedisScheduleSource):
         keys = [
             k
             async for k in redis.scan_iter(self.layout.time_pattern, count=1000)
-            if k.decode() < current
+            if _is_utf8(k) and k.decode() < current
         ]
         if not keys:
             return []
@@ -172,3 +174,11 @@ def parse_schedules(payloads: list[bytes]) -> list[ScheduledTask]:
         except (ValueError, ValidationError) as exc:
             logger.error("skipping unreadable schedule payload %.80r: %s", raw, exc)
     return tasks
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -167,6 +167,27 @@ def test_a_corrupted_version_key_does_not_wedge_sync(stores: Stores, tmp_path: P
     assert_converged(root, stores.database_url, stores.redis_url)
 
 
+def test_bytes_that_are_not_utf8_stop_neither_scheduler_nor_sync(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Regression: RPUSH <prefix>:interval $'\\xff\\xfe' failed every later sync, and the
+    scheduler's reads, with a UnicodeError."""
+    root = tmp_path / "taskdefs"
+    root.mkdir()
+    (root / "a.yaml").write_text(interval_tasks({"one": "x"}))
+    sync_ok(stores, root)
+    layout = KeyLayout()
+    with redis.Redis.from_url(stores.redis_url) as client:
+        client.rpush(layout.interval_key, b"\xff\xfe")
+        client.rpush(layout.time_key(datetime(2020, 1, 1, tzinfo=UTC)), b"\xff")
+    fired = asyncio.run(scheduler_view(stores.redis_url))
+    assert [t.labels["config_id"] for t in fired] != []  # the real schedule still fires
+    sync_ok(stores, root)
+    with redis.Redis.from_url(stores.redis_url) as client:
+        assert b"\xff\xfe" not in client.lrange(layout.interval_key, 0, -1)
+    assert_converged(root, stores.database_url, stores.redis_url)
+
+
 async def scheduler_view(url: str) -> list[Any]:
     source = SyncdScheduleSource(url)
     await source.startup()
