@@ -7,12 +7,17 @@ configures every process:
 
 `--update-interval 1` is cheap: an unchanged refresh is one Redis GET (see
 worker/schedule_source.py), and it makes a sync take effect within about a second.
+
+taskiq's command line configures logging before it imports this module; its handlers get
+a SafeFormatter here (and again at worker start-up, for logging configured later), so a
+message or an exception a task controls reaches the log as one visible line.
 """
 
 from __future__ import annotations
 
-from taskiq import TaskiqScheduler
+from taskiq import TaskiqEvents, TaskiqScheduler, TaskiqState
 
+from syncd.core.logtext import make_handlers_safe
 from syncd.core.settings import Settings
 from worker.broker import make_broker
 from worker.metrics import metrics_from_settings
@@ -20,8 +25,16 @@ from worker.recording import recorder_from_settings
 from worker.schedule_source import SyncdScheduleSource
 from worker.tasks import registry
 
+make_handlers_safe()
 settings = Settings()
 broker = make_broker(registry, settings).with_middlewares(
     metrics_from_settings(settings), recorder_from_settings(settings)
 )
+
+
+async def _safe_logs(state: TaskiqState) -> None:
+    make_handlers_safe()
+
+
+broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, _safe_logs)
 scheduler = TaskiqScheduler(broker, [SyncdScheduleSource(settings.redis_url, settings.layout)])

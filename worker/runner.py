@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from syncd.core.logtext import exception_text, make_handlers_safe
 from worker.policy import prepare
 from worker.secrets import redact, redacted_logs
 
@@ -133,7 +133,9 @@ def _run_one(registry: Any, task_name: str, params: Any, soft_seconds: float) ->
     except MemoryError:
         return ("memory",)
     except BaseException as exc:
-        text = "".join(traceback.format_exception(exc))
+        # The traceback travels as a note of the worker's error and is logged line by line
+        # there: the task's own words are escaped here, where they can be told apart.
+        text = exception_text(exc, lambda words: redact(words, secrets))
         return ("error", type(exc).__name__, redact(str(exc), secrets), redact(text, secrets))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -152,8 +154,9 @@ def parent_log_setup() -> LogSetup:
 
 def _log_like_parent(logs: LogSetup) -> None:
     level, fmt = logs
-    # The child writes to the stderr it inherited, which is the worker's.
+    # The child writes to the stderr it inherited, which is the worker's, and as safely.
     logging.basicConfig(level=level, format=fmt or logging.BASIC_FORMAT, force=True)
+    make_handlers_safe()
 
 
 def _soft_deadline(signum: int, frame: FrameType | None) -> None:

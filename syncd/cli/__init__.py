@@ -4,7 +4,8 @@ This module builds the parser and dispatches; each command lives in a module of 
 package, imported only when that command runs, so `syncd validate` (and the pre-commit
 hook) never load SQLAlchemy, psycopg or redis. Only `SyncdError` is caught: it becomes
 one line per problem on stderr and its exit code. Anything else is a bug and shows its
-traceback with `--debug`; without it, a one-line message asks for a bug report.
+traceback with `--debug`; without it, a one-line message asks for a bug report. Either
+line may quote a name or a path, so it is printed with `visible`: one line, no control codes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+from schemas.text import visible
 from syncd.core.errors import SyncdError
 
 DEFAULT_DIR = "taskdefs"
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         for line in exc.lines():
-            print(line, file=sys.stderr)
+            print(visible(line), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -231,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"internal error: {type(exc).__name__}: {exc} (run with --debug and report it)",
+            visible(
+                f"internal error: {type(exc).__name__}: {exc} (run with --debug and report it)"
+            ),
             file=sys.stderr,
         )
         return 1

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from schemas.text import visible
 from syncd.adapters.postgres import DbStore
 from syncd.cli import DEFAULT_DIR
 from syncd.cli.common import catalog, print_json
@@ -113,7 +114,7 @@ def _warn_problems(outcome: Outcome) -> None:
     if errors:
         print(f"warning: {errors} taskdef error(s); `syncd validate` lists them", file=sys.stderr)
     for error in outcome.plan.errors:
-        print(f"warning: {error.message}", file=sys.stderr)
+        print(f"warning: {visible(error.message)}", file=sys.stderr)
 
 
 def _name_and_dir(args: argparse.Namespace) -> tuple[str | None, Path]:

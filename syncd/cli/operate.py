@@ -1,4 +1,8 @@
-"""`syncd migrate`, `syncd run NAME`, `syncd pause NAME`, `syncd resume NAME`."""
+"""`syncd migrate`, `syncd run NAME`, `syncd pause NAME`, `syncd resume NAME`.
+
+What they print quotes the name typed and values read from the stores (a status, a schema
+revision): shown with `visible`, so none of it can start a line of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
+from schemas.text import visible
 from syncd.adapters.migrate import migrate
 from syncd.cli.common import catalog
 from syncd.cli.options import settings_from
@@ -17,15 +22,13 @@ from worker.tasks import registry
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     result = migrate(settings_from(args).database_url)
+    old, new = visible(str(result.from_revision or "empty")), visible(str(result.to_revision))
     if result.created_database:
         print("created database", file=sys.stderr)
     if result.from_revision == result.to_revision:
-        print(f"database schema is up to date (revision {result.to_revision})", file=sys.stderr)
+        print(f"database schema is up to date (revision {new})", file=sys.stderr)
     else:
-        print(
-            f"upgraded database schema {result.from_revision or 'empty'} -> {result.to_revision}",
-            file=sys.stderr,
-        )
+        print(f"upgraded database schema {old} -> {new}", file=sys.stderr)
     return 0
 
 
@@ -34,19 +37,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     broker = make_broker(registry, settings)
     with open_stores(settings) as stores:
         task_id = trigger(stores.db, broker, catalog(), args.name)
-    print(f"enqueued {args.name} as task {task_id}")
+    print(f"enqueued {visible(args.name)} as task {visible(str(task_id))}")
     return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     with open_stores(settings_from(args)) as stores:
         previous = pause(stores.db, stores.redis, args.name)
-    print(f"paused {args.name} (was {previous}); `syncd resume {args.name}` lifts it")
+    name = visible(args.name)
+    print(f"paused {name} (was {visible(str(previous))}); `syncd resume {name}` lifts it")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     with open_stores(settings_from(args)) as stores:
         status = resume(stores.db, stores.redis, args.name, datetime.now(UTC))
-    print(f"resumed {args.name}: {status}")
+    print(f"resumed {visible(args.name)}: {visible(str(status))}")
     return 0

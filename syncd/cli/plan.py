@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from schemas.text import visible
 from syncd.adapters.git import files_at
 from syncd.cli.common import catalog, print_json, progress_printer
 from syncd.cli.options import guard_options, settings_from
@@ -54,7 +55,7 @@ def _reconcile(args: argparse.Namespace, options: SyncOptions) -> int:
         print(problem, file=sys.stderr)
     print_plan(outcome.plan, args, outcome.loaded.problems)
     for reason in outcome.refusals:
-        print(f"error: {reason}", file=sys.stderr)
+        print(f"error: {visible(str(reason))}", file=sys.stderr)
     if outcome.applied is not None:
         applied = outcome.applied
         print(
@@ -75,6 +76,8 @@ def _plan_against(args: argparse.Namespace) -> int:
         files_at(args.against, root), args.dir, tasks.params, now, tasks.policy
     )
     head_loaded = load_taskdefs(root, tasks.params, now=now, policy=tasks.policy)
+    # A name REF already declares stays with REF's file; a newcomer reusing it is the error.
+    head_loaded = head_loaded.settle_duplicates({t.spec.name: t.source for t in base_loaded.tasks})
     for problem in head_loaded.problems:
         print(problem, file=sys.stderr)
     layout = settings_from(args).layout

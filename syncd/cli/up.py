@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from schemas.text import visible
 from syncd.adapters.migrate import migrate
 from syncd.adapters.redis import RedisStore
 from syncd.core.errors import StoreUnavailable
@@ -33,13 +34,14 @@ START_REDIS = "redis-server --daemonize yes --port 6379 --save '' --appendonly n
 
 
 def prepare_stores(settings: Settings) -> list[str]:
-    """Migrate PostgreSQL and ping Redis; one piece of advice per store that does not answer."""
+    """Migrate PostgreSQL and ping Redis; one piece of advice per store that does not answer
+    (the store's error on one visible line, then what to do)."""
     advice = []
     try:
         migrate(settings.database_url)
     except StoreUnavailable as exc:
         advice.append(
-            f"{exc}\n  start PostgreSQL (e.g. `{START_POSTGRES}`) or set "
+            f"{visible(str(exc))}\n  start PostgreSQL (e.g. `{START_POSTGRES}`) or set "
             "SYNCD_DATABASE_URL=postgresql+psycopg://USER@HOST:PORT/DB"
         )
     try:
@@ -48,7 +50,7 @@ def prepare_stores(settings: Settings) -> list[str]:
         store.close()
     except StoreUnavailable as exc:
         advice.append(
-            f"{exc}\n  start Redis (e.g. `{START_REDIS}`) or set "
+            f"{visible(str(exc))}\n  start Redis (e.g. `{START_REDIS}`) or set "
             "SYNCD_REDIS_URL=redis://HOST:PORT/DB"
         )
     return advice

@@ -18,6 +18,8 @@ from typing import Any, Literal, TextIO, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from schemas.text import visible
+from syncd.core.logtext import EscapingFormatter, field_text, visible_json
 from syncd.core.plan import Plan, TaskState
 from syncd.core.problems import Problem
 from syncd.reconcile import Outcome
@@ -53,27 +55,33 @@ def _timestamp(record: logging.LogRecord) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class TextFormatter(logging.Formatter):
-    """`2026-01-02T03:04:05.678Z INFO syncd.watch: message key=value ...` for people."""
+class TextFormatter(EscapingFormatter):
+    """`2026-01-02T03:04:05.678Z INFO syncd.watch: message key=value ...` for people.
+
+    The message and each field are one visible line (a value with a blank is quoted), so
+    a name or path in them can forge neither a line nor a field; tracebacks escape what
+    the exceptions say (EscapingFormatter)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = "".join(f" {k}={v}" for k, v in log_fields(record).items())
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = "".join(f" {field_text(k)}={field_text(v)}" for k, v in log_fields(record).items())
+        message = visible(record.getMessage())
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         if record.exc_info:
             return f"{line}{fields}\n{self.formatException(record.exc_info)}"
         return line + fields
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, then the extra fields."""
+class JsonFormatter(EscapingFormatter):
+    """One JSON object per line: ts, level, logger, message, then the extra fields; every
+    string visible (JSON would let a line separator or a bidi override through raw)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
-            **log_fields(record),
+            "message": visible(record.getMessage()),
+            **visible_json(log_fields(record)),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -291,13 +299,13 @@ def decide_health(h: HealthInputs) -> tuple[int, dict[str, Any]]:
             return 200, {"status": "ok", "role": "follower"}
         reason = "no daemon holds the leader lease"
         if h.lease_error:
-            reason = f"{reason}: {h.lease_error}"
+            reason = f"{reason}: {visible(h.lease_error)}"
         return 503, {"status": "unhealthy", "role": "follower", "reason": reason}
     body: dict[str, Any] = {"role": "leader", "last_success_age_seconds": h.last_success_age}
     if h.last_result is None:
         return 503, {**body, "status": "unhealthy", "reason": "no reconcile finished yet"}
     if h.last_result != "ok":
-        reason = f"last reconcile {h.last_result}: {h.last_error or 'unknown error'}"
+        reason = f"last reconcile {h.last_result}: {visible(h.last_error or 'unknown error')}"
         return 503, {**body, "status": "unhealthy", "reason": reason}
     if h.last_success_age is None or h.last_success_age > h.max_age:
         reason = f"no successful reconcile in the last {h.max_age:.0f} s"

@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from syncd.core.firetimes import next_fire_times, timezone_of
+from syncd.core.logtext import line_head
 from syncd.core.model import Execution, Row, ScheduleRecord
 from syncd.core.plan import TaskPlan
 from syncd.views.history import ERROR_MAX, outcome
 from syncd.views.status import live_config, next_fire, next_fire_cell, sync_state
 from syncd.views.text import (
     EMPTY,
-    clean,
     describe_config,
     first_line,
     format_duration,
@@ -47,7 +47,7 @@ class Explanation:
 
 def explain_text(view: Explanation) -> str:
     sections = [
-        f"{clean(view.task.name)}",
+        line_head(view.task.name),
         _section("taskdef", _explain_declared(view)),
         _section("task_configs", _explain_row(view)),
         _section("redis", _explain_redis(view)),
@@ -59,7 +59,8 @@ def explain_text(view: Explanation) -> str:
 
 
 def _section(title: str, lines: Sequence[str]) -> str:
-    return "\n".join([f"{title}:", *(f"  {clean(line)}" for line in lines or ["—"])])
+    # Indented lines still count as beginning with their text (CI trims the blanks).
+    return "\n".join([f"{title}:", *(f"  {line_head(line)}" for line in lines or ["—"])])
 
 
 def _explain_declared(view: Explanation) -> list[str]:

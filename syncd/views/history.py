@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from syncd.core.logtext import visible_json
 from syncd.core.model import Execution
 from syncd.views.text import first_line, format_duration, format_time, iso_utc, shorten, table
 
@@ -56,19 +57,23 @@ def history_text(executions: Sequence[Execution]) -> str:
 
 
 def execution_json(execution: Execution) -> dict[str, Any]:
-    return {
-        "id": execution.id,
-        "name": execution.name,
-        "config_id": execution.config_id,
-        "task_id": execution.task_id,
-        "attempt": execution.attempt,
-        "success": execution.is_success,
-        "outcome": outcome(execution).lower(),
-        "started_at": iso_utc(execution.started_at),
-        "completed_at": iso_utc(execution.completed_at),
-        "duration_seconds": execution.duration_seconds,
-        "error_message": execution.error_message,
-    }
+    """One attempt as JSON; its strings visible (an error message is the task's words)."""
+    shown: dict[str, Any] = visible_json(
+        {
+            "id": execution.id,
+            "name": execution.name,
+            "config_id": execution.config_id,
+            "task_id": execution.task_id,
+            "attempt": execution.attempt,
+            "success": execution.is_success,
+            "outcome": outcome(execution).lower(),
+            "started_at": iso_utc(execution.started_at),
+            "completed_at": iso_utc(execution.completed_at),
+            "duration_seconds": execution.duration_seconds,
+            "error_message": execution.error_message,
+        }
+    )
+    return shown
 
 
 def outcome(execution: Execution) -> str:

@@ -2,7 +2,9 @@
 
 `format_version` 2: each drift, note and error is `{"code", "message"}` (the code is
 stable, the message is for people); version 1 had the message strings alone. Values are
-made JSON-safe (non-finite floats and odd keys become strings); the caller dumps it. Pure.
+made JSON-safe (non-finite floats and odd keys become strings) and every string visible
+(`visible_json`: no raw control character or bidi override reaches a CI log that prints
+it); the caller dumps it. Pure.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from syncd.core.logtext import visible_json
 from syncd.core.plan import Plan, TaskPlan
 from syncd.views.plan_parts import NOTED_STATES, by_name
 
@@ -18,7 +21,7 @@ FORMAT_VERSION = 2
 
 def render_json(plan: Plan) -> dict[str, Any]:
     """The `--format json` object (JSON-safe; the caller dumps it)."""
-    return {
+    report = {
         "format_version": FORMAT_VERSION,
         "summary": plan.summary(),
         "changes": [_json_task(t) for t in by_name(plan.tasks) if _reported(t)],
@@ -28,6 +31,8 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "errors": [error.to_json() for error in plan.errors],
         "pruning_suspended": plan.pruning_suspended,
     }
+    shown: dict[str, Any] = visible_json(report)
+    return shown
 
 
 def _reported(task: TaskPlan) -> bool:

@@ -93,7 +93,8 @@ def _text_fire_times(task: TaskPlan, now: Instant | None) -> list[str]:
 def _text_details(task: TaskPlan, verbose: bool) -> list[str]:
     if task.action == "update":
         return [
-            f"{label}: {value_text(b, TEXT_VALUE_MAX)} → {value_text(a, TEXT_VALUE_MAX)}"
+            # a label names a key of a dict field: the taskdef's key, so cleaned too
+            f"{clean(label)}: {value_text(b, TEXT_VALUE_MAX)} → {value_text(a, TEXT_VALUE_MAX)}"
             for change in task.changes
             for label, b, a in change_rows(change)
         ]

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from syncd.core.firetimes import next_fire_times, timezone_of
+from syncd.core.logtext import line_head, visible_json
 from syncd.core.model import Execution, TaskConfig
 from syncd.core.plan import Reason, TaskPlan
 from syncd.views.history import execution_json, outcome
@@ -186,7 +187,7 @@ def status_text(rows: Sequence[StatusRow]) -> str:
     headers = ("NAME", "SCHEDULE", "STATUS", "SYNC", "NEXT FIRE (UTC)", "LAST RUN")
     text = table(headers, [_status_cells(row) for row in rows])
     details = [
-        f"  {clean(row.name)}: {clean(reason.message)}"
+        f"  {line_head(row.name)}: {clean(reason.message)}"  # indented, still a line start
         for row in rows
         for reason in row.sync_detail
     ]
@@ -221,19 +222,23 @@ def _last_run_cell(run: Execution | None) -> str:
 
 
 def status_json(rows: Sequence[StatusRow]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": row.name,
-            "config_id": row.config_id,
-            "location": row.location,
-            "schedule": schedule_fields(row.config),
-            "status": row.status,
-            "sync_state": row.sync_state,
-            "sync_detail": [reason.to_json() for reason in row.sync_detail],
-            "next_fire": iso_utc(row.next_fire.at),
-            "next_fire_exact": row.next_fire.exact,
-            "next_fire_note": row.next_fire.note or None,
-            "last_run": None if row.last_run is None else execution_json(row.last_run),
-        }
-        for row in rows
-    ]
+    """The rows as JSON; every string visible (names, locations and statuses come from
+    taskdefs, rows and Redis)."""
+    shown: list[dict[str, Any]] = visible_json([_row_json(row) for row in rows])
+    return shown
+
+
+def _row_json(row: StatusRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "config_id": row.config_id,
+        "location": row.location,
+        "schedule": schedule_fields(row.config),
+        "status": row.status,
+        "sync_state": row.sync_state,
+        "sync_detail": [reason.to_json() for reason in row.sync_detail],
+        "next_fire": iso_utc(row.next_fire.at),
+        "next_fire_exact": row.next_fire.exact,
+        "next_fire_note": row.next_fire.note or None,
+        "last_run": None if row.last_run is None else execution_json(row.last_run),
+    }

@@ -1,19 +1,24 @@
 """Text safety and the small formats every view shares: one definition of each.
 
-`clean` is the only terminal sanitiser: every user string a view prints (names, paths,
-values, reasons) goes through it, so no control character (ESC, CSI, a newline) or bidi
-override written in a taskdef, a row or a Redis key can move a cursor, forge a line or
-reorder text. Also here: shortening, a task's `path:line`, one-line schedule
-descriptions, compact JSON values, and the two time formats. Pure; no clock.
+`clean` is the views' name for `schemas.text.visible`, the one rule for user text: every
+user string a view prints (names, paths, values, reasons) goes through it, so no control
+character (ESC, CSI, a newline, a line separator) or bidi override written in a taskdef, a
+row or a Redis key can move a cursor, forge a line or reorder text. A line that would
+begin with user text begins with its `line_head` form (never a CI workflow command), and
+the JSON views pass their values through `visible_json` (both in `syncd.core.logtext`).
+Also here: shortening, a task's `path:line`, one-line schedule descriptions, compact JSON
+values, and the two time formats. Pure; no clock.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+from schemas.text import visible
+from syncd.core.logtext import line_head
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -21,21 +26,14 @@ if TYPE_CHECKING:
     from syncd.core.model import TaskConfig
     from syncd.core.plan import TaskPlan
 
-# C0/C1 controls (ESC, CSI, newlines...) and bidi marks, embeddings, overrides, isolates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _UTC = ZoneInfo("UTC")
 EMPTY = "—"
 CELL_MAX = 48
 
 
 def clean(text: str) -> str:
-    """Replace control characters and bidi controls by visible escapes (`\\x1b`, `\\u202e`)."""
-    return _UNSAFE.sub(_escape_char, text)
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+    """Control characters, line breaks and bidi controls as visible escapes (`\\x1b`, `\\n`)."""
+    return visible(text)
 
 
 def shorten(text: str, limit: int) -> str:
@@ -128,6 +126,9 @@ def iso_utc(when: datetime | None) -> str | None:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart; every cell cleaned and bounded."""
     cells = [[shorten(clean(c), CELL_MAX) for c in row] for row in rows]
+    for row in cells:  # the first cell begins its line
+        if row:
+            row[0] = line_head(row[0])
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = [[h.ljust(w) for h, w in zip(headers, widths, strict=True)]]
     lines += [[c.ljust(w) for c, w in zip(row, widths, strict=True)] for row in cells]

@@ -211,8 +211,9 @@ def test_history_filters_and_orders_newest_first(live: Cli) -> None:
                                                "active-task"]  # fmt: skip
     completed = [e["completed_at"] for e in everything]
     assert completed == sorted(completed, reverse=True)
+    # JSON output shows user text by the same rule as the terminal: escaped, on one line.
     assert [e["error_message"] for e in history("active-task", "--failed")] == [
-        "Boom\nsecond line", "old failure",
+        "Boom\\nsecond line", "old failure",
     ]  # fmt: skip
     assert len(history("--since", "1h")) == 2
     assert len(history("--since", "2d")) == 3

@@ -42,6 +42,9 @@ class LogMessageParams(Params):
 
 @task("notification.log", params=LogMessageParams, queue="notifications")
 def log_message(params: LogMessageParams) -> dict[str, str]:
-    """Write a message to the worker log (heartbeats, reminders)."""
+    """Write a message to the worker log (heartbeats, reminders), as one visible line."""
+    # Logged as written: the worker's log formatter (syncd.core.logtext.SafeFormatter)
+    # escapes it after the secret-redacting filter has seen it, so a secret with a line
+    # break is still redacted, and no line break or escape sequence reaches the log.
     logger.log(logging.getLevelNamesMapping()[params.level.upper()], "%s", params.message)
     return {"logged": params.message[:200]}
