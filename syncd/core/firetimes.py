@@ -36,7 +36,12 @@ def next_fire_times(config: TaskConfig, now: datetime, count: int) -> list[datet
         return []
     schedule = config.schedule_config
     if config.scheduler_type == "cron":
-        return _cron_times(schedule["cron"], timezone_of(config), now, count)
+        try:
+            return _cron_times(schedule["cron"], timezone_of(config), now, count)
+        except (ValueError, KeyError, OSError):
+            # A row edited by hand may hold what validation never lets through (an unknown
+            # zone, a cron croniter cannot read): no fire times, rather than no view at all.
+            return []
     if config.scheduler_type == "interval":
         step = timedelta(seconds=schedule["interval"])
         return [now.astimezone(UTC) + k * step for k in range(1, count + 1)]
