@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AnyHttpUrl, Field, ValidationInfo
 
 from schemas.policy import DEFAULT_POLICY, IpAddress, Policy
-from schemas.text import quoted
+from schemas.text import PATH_LIMIT, quoted
 
 POLICY_HINT = "allow one with paths.allow in the operator policy file (SYNCD_POLICY)"
 
@@ -43,14 +43,15 @@ def _confined_path(value: str, info: ValidationInfo) -> str:
     if "\x00" in value:
         raise ValueError("a path may not contain NUL")
     if not path.is_absolute():
-        raise ValueError(f"{quoted(value)} is not an absolute path")
+        raise ValueError(f"{quoted(value, PATH_LIMIT)} is not an absolute path")
     if ".." in path.parts:
-        raise ValueError(f"{quoted(value)} may not contain '..'")
+        raise ValueError(f"{quoted(value, PATH_LIMIT)} may not contain '..'")
     policy = policy_of(info)
     if policy.allows_root(str(path)) is None:
         roots = ", ".join(policy.paths.allow)
         why = f" ({roots})" if roots else f": there is none; {POLICY_HINT}"
-        raise ValueError(f"{quoted(str(path))} is outside the allowed roots{_for_task(info)}{why}")
+        shown = quoted(str(path), PATH_LIMIT)
+        raise ValueError(f"{shown} is outside the allowed roots{_for_task(info)}{why}")
     return str(path)
 
 

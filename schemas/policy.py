@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from schemas.text import quoted
+from schemas.text import PATH_LIMIT, quoted
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,9 +31,9 @@ class PolicyModel(BaseModel):
 def _absolute_root(value: str) -> str:
     path = PurePosixPath(value)
     if not path.is_absolute():
-        raise ValueError(f"{quoted(value)} is not an absolute path")
+        raise ValueError(f"{quoted(value, PATH_LIMIT)} is not an absolute path")
     if ".." in path.parts:
-        raise ValueError(f"{quoted(value)} contains '..'")
+        raise ValueError(f"{quoted(value, PATH_LIMIT)} contains '..'")
     if str(path) == "/":
         raise ValueError("'/' cannot be an allowed root: name the directories tasks may use")
     return str(path)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["QUOTE_LIMIT", "cut", "quoted", "visible"]
+__all__ = ["PATH_LIMIT", "QUOTE_LIMIT", "cut", "quoted", "visible"]
 
 QUOTE_LIMIT = 80
+# Paths are quoted whole up to a length no real path reaches (PATH_MAX is 4096 bytes).
+PATH_LIMIT = 4096
 
 # What is escaped: C0 and C1 controls and DEL (newlines, ESC, ...), the line and paragraph
 # separators, lone surrogates (undecodable bytes), the byte-order mark, and every bidi
