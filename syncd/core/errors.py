@@ -4,7 +4,7 @@
     ├── TaskdefError                the YAML has problems (carries every `path:line:col: message`)
     │   └── PolicyError             the operator policy file has problems (same form)
     ├── StoreUnavailable            PostgreSQL or Redis cannot be reached or answered with an error
-    ├── StoreRefused                a store refused a value it was sent (that value's file is frozen)
+    ├── StoreRefused                a store refused a value it was sent (its file is frozen)
     ├── SchemaMissing               the database has no (or an old) schema: run `syncd migrate`
     ├── SyncRefused                 a safety rule stopped the sync (mass delete, empty taskdefs...)
     ├── ConflictError               another writer holds the lock
