@@ -16,8 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+from pydantic import ValidationError
+
 from schemas.text import visible
-from syncd.core.errors import SyncdError
+from syncd.cli.options import settings_problem
+from syncd.core.errors import SyncdError, UsageError
 
 DEFAULT_DIR = "taskdefs"
 DEFAULT_HISTORY_LIMIT = 50
@@ -232,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, ValidationError) and exc.title == "Settings":
+            # Settings are read wherever a module needs them (the task registry, at import).
+            print(f"error: {settings_problem(exc)}", file=sys.stderr)
+            return UsageError.exit_code
         print(
             visible(
                 f"internal error: {type(exc).__name__}: {exc} (run with --debug and report it)"

@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from syncd.cli.options import load_settings
 from syncd.core.model import TaskCatalog
-from syncd.core.settings import Settings
 from syncd.load.policy import load_policy
 from worker.tasks import registry
 
 
 def catalog() -> TaskCatalog:
     """The worker's registry as data, with the operator policy (SYNCD_POLICY) to apply."""
-    policy = load_policy(Settings().policy)
+    policy = load_policy(load_settings().policy)
     return TaskCatalog(registry.params_models(), {t.name: t.queue for t in registry}, policy)
 
 

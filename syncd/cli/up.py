@@ -23,6 +23,7 @@ from typing import IO
 from schemas.text import visible
 from syncd.adapters.migrate import migrate
 from syncd.adapters.redis import RedisStore
+from syncd.cli.options import load_settings
 from syncd.core.errors import StoreUnavailable
 from syncd.core.settings import Settings
 from worker.runner import die_with_parent
@@ -145,7 +146,7 @@ def demo_directory() -> None:
 
 
 def up(taskdefs: str, http_port: int) -> int:
-    settings = Settings()
+    settings = load_settings()
     advice = prepare_stores(settings)
     if advice:
         for line in advice:

@@ -4,11 +4,13 @@ daemon's log, not in its /healthz."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import REPO, Cli
 from tests.e2e.test_sync_cli import taskfile
 from tests.e2e.test_watch import wait_for, watching
 from tests.services import store_env
@@ -169,3 +171,31 @@ def test_the_daemon_reports_a_bad_database_url_without_the_password(
     assert f"reconcile failed: {start.removeprefix('error: ')}" in watcher.log()
     assert "Traceback" not in watcher.log()
     assert_hidden(str(body) + watcher.log(), password)
+
+
+@pytest.mark.parametrize("command", [("status",), ("validate",)])
+def test_a_bad_setting_is_one_line_that_never_echoes_its_value(
+    cli: Cli, command: tuple[str, ...]
+) -> None:
+    env = {
+        **cli.env,
+        "SYNCD_MAX_DELETES": "abc-hunter2",
+        "SYNCD_WORKER_CONCURRENCY": "9\n::error file=a.yaml::forged",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncd.cli", *command]
+        + ([str(cli.taskdefs)] if command == ("validate",) else []),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: invalid settings: ")
+    assert "SYNCD_MAX_DELETES" in line
+    assert "SYNCD_WORKER_CONCURRENCY" in line
+    assert "hunter2" not in line
+    assert "forged" not in line
