@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the two PostgreSQL tables: `task_configs` and `task_executions`.
+"""SQLAlchemy models of syncd's PostgreSQL tables: `task_configs`, `task_executions`, and the
+HTTP API's `api_tokens` and `audit_log`.
 
 The single source of the database layout: alembic's env.py and the drift test read
 `metadata`; `syncd.adapters.postgres` and `syncd.adapters.executions` build their Core
@@ -120,6 +121,12 @@ class TaskExecutionModel(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The task as it was when it fired (from the message's labels): history survives a
+    # deleted or renamed config, and a failure can be pinned to the revision that caused it.
+    # NULL in rows written before they existed.
+    task_name: Mapped[str | None] = mapped_column(String(200))
+    config_hash: Mapped[str | None] = mapped_column(String(64))
+    git_revision: Mapped[str | None] = mapped_column(String(64))
 
 
 # "Last runs of task X" reads newest first; declared here because DESC needs the column.
@@ -128,7 +135,77 @@ Index(
     TaskExecutionModel.config_id,
     TaskExecutionModel.completed_at.desc(),
 )
+# The executions page: newest first with keyset pagination on (completed_at, id), all runs,
+# one task's runs by name (also of deleted configs), or failures only.
+Index(
+    "ix_task_executions_completed_at_id",
+    TaskExecutionModel.completed_at.desc(),
+    TaskExecutionModel.id.desc(),
+)
+Index(
+    "ix_task_executions_task_name_completed_at_id",
+    TaskExecutionModel.task_name,
+    TaskExecutionModel.completed_at.desc(),
+    TaskExecutionModel.id.desc(),
+)
+Index(
+    "ix_task_executions_failed_completed_at_id",
+    TaskExecutionModel.completed_at.desc(),
+    TaskExecutionModel.id.desc(),
+    postgresql_where=text("NOT is_success"),
+)
+
+API_ROLES = ("viewer", "operator")
+AUDIT_ORIGINS = ("api", "console", "cli")
+AUDIT_ACTIONS = ("pause", "resume", "run")
+AUDIT_RESULTS = ("ok", "refused", "error")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+class ApiTokenModel(Base):
+    """A bearer token of the HTTP API and console; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_one_of("role", API_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntryModel(Base):
+    """One operator action (pause, resume, run) from the API, the console or the CLI."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        CheckConstraint(_one_of("origin", AUDIT_ORIGINS), name="origin"),
+        CheckConstraint(_one_of("action", AUDIT_ACTIONS), name="action"),
+        CheckConstraint(_one_of("result", AUDIT_RESULTS), name="result"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(String(200))  # token:NAME, or cli:USER@HOST
+    origin: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(200))  # the client's address
+    action: Mapped[str] = mapped_column(String(16))
+    task_name: Mapped[str] = mapped_column(String(200))
+    result: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+
+
+# A task page shows its newest audit entries first.
+Index("ix_audit_log_task_name_id", AuditEntryModel.task_name, AuditEntryModel.id.desc())
 
 metadata = Base.metadata
 task_configs: Table = metadata.tables["task_configs"]
 task_executions: Table = metadata.tables["task_executions"]
+api_tokens: Table = metadata.tables["api_tokens"]
+audit_log: Table = metadata.tables["audit_log"]
