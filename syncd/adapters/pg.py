@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import ColumnClause, TableValuedAlias
 
+from syncd.adapters.urls import HostPortProblem, split_host_port
 from syncd.core.errors import (
     ConflictError,
     SchemaMissing,
@@ -39,7 +40,6 @@ NAME_CONSTRAINT = "uq_task_configs_name"
 DRIVER = "postgresql+psycopg"
 # libpq's own schemes: syncd always talks through psycopg 3.
 LIBPQ_SCHEMES = ("postgresql", "postgres")
-MAX_PORT = 65535
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -116,25 +116,11 @@ def _cut(url: str) -> _Parts:
 
 def _host_port(text: str, *, show: bool) -> tuple[str, int | None]:
     """HOST[:PORT] or [IPV6]:PORT; `show`: the port may be quoted in a message."""
-    if text.startswith("["):
-        host, bracket, after = text[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise _invalid("an IPv6 host must be written [ADDRESS] or [ADDRESS]:PORT")
-        return host, _port(after[1:] if after else None, show=show)
-    host, colon, port = text.partition(":")
-    return host, _port(port if colon else None, show=show)
-
-
-def _port(text: str | None, *, show: bool) -> int | None:
-    if text is None:
-        return None
-    # Without an '@', "HOST:PORT" may be a mistyped "USER:PASSWORD": quote it only after one.
-    quoted = f" {text!r}" if show else ""
-    if not (text.isascii() and text.isdigit()):
-        raise _invalid(f"the port{quoted} is not a number")
-    if not 1 <= int(text) <= MAX_PORT:
-        raise _invalid(f"the port{quoted} is out of range (1-{MAX_PORT})")
-    return int(text)
+    try:
+        host, _, port = split_host_port(text, show=show)
+    except HostPortProblem as exc:
+        raise _invalid(str(exc)) from None
+    return host, port
 
 
 def _credentials(userinfo: str | None) -> tuple[str | None, str | None]:

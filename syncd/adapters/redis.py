@@ -27,6 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
+from syncd.adapters.urls import HostPortProblem, split_host_port
 from syncd.core.errors import StoreUnavailable
 from syncd.core.keys import STATUSES, KeyLayout
 from syncd.core.model import ScheduleRecord
@@ -37,7 +38,6 @@ UNREADABLE: dict[str, Any] = {"__unreadable__": True}
 URL_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
 SCHEMES = ("redis", "rediss", "unix")  # redis-py's, lower case only
 DEFAULT_PORT = 6379
-MAX_PORT = 65535
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_END = re.compile(r"[/?#]")
@@ -345,25 +345,11 @@ def location(url: str) -> str:
 
 def _host_port(text: str, *, show: bool) -> tuple[str, int]:
     """HOST[:PORT] or [IPV6][:PORT]; `show`: the port may be quoted in a message."""
-    if text.startswith("["):
-        address, bracket, after = text.partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise _invalid("an IPv6 host must be written [ADDRESS] or [ADDRESS]:PORT")
-        return f"{address}]", _port(after[1:] if after else None, show=show)
-    host, colon, port = text.partition(":")
-    return host, _port(port if colon else None, show=show)
-
-
-def _port(text: str | None, *, show: bool) -> int:
-    if text is None:
-        return DEFAULT_PORT
-    # Without an '@', "HOST:PORT" may be a mistyped ":PASSWORD": quote it only after one.
-    quoted = f" {text!r}" if show else ""
-    if not (text.isascii() and text.isdigit()):
-        raise _invalid(f"the port{quoted} is not a number")
-    if not 1 <= int(text) <= MAX_PORT:
-        raise _invalid(f"the port{quoted} is out of range (1-{MAX_PORT})")
-    return int(text)
+    try:
+        host, ipv6, port = split_host_port(text, show=show)
+    except HostPortProblem as exc:
+        raise _invalid(str(exc)) from None
+    return f"[{host}]" if ipv6 else host, DEFAULT_PORT if port is None else port
 
 
 def _db(path: str, query: str, *, show: bool) -> str:

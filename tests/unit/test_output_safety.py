@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from syncd.views.plan_text import render_text
 from syncd.views.status import status_rows, status_text
 from syncd.views.validation import Validation, validation_report, validation_summary
 from tests.services import TEST_POLICY
+from tests.unit.test_text import raw_controls
 from worker.tasks import registry
 
 NOW = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
@@ -68,17 +68,6 @@ STORE_TEXT = hostile(BREAKERS + PLAIN + "\ud800\udfff")
 # A file name holds anything but '/' and NUL (and must fit the file system's 255 bytes).
 # A leading '.' hides a file from the loader: kept out, so every file is read.
 FILE_NAMES = hostile().map(lambda s: (s.replace("/", "|")[:60].lstrip(".") or "f") + ".yaml")
-
-
-def raw_controls(text: str) -> list[str]:
-    """Characters that could start a line, move the cursor or reorder text."""
-    return [
-        c
-        for c in text
-        if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")
-        or unicodedata.bidirectional(c)
-        in ("LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI")
-    ]
 
 
 def assert_safe(output: str, own_starts: tuple[str, ...] = ()) -> None:
