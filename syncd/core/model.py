@@ -6,7 +6,7 @@ a task and what a `task_configs` row holds; its `content_hash` lets a no-op sync
 hashes only. Two rules live here and nowhere else: which queue a task type runs on
 (`queue_for`) and whether a one-shot's time has passed (`TaskConfig.has_passed`).
 `Execution` is one `task_executions` row, written by the worker's recorder and read by
-`syncd status`, `explain` and `history`.
+`syncd status`, `explain` and `history`; `AuditEntry` is one `audit_log` row.
 """
 
 from __future__ import annotations
@@ -225,6 +225,8 @@ class Execution:
     The worker's recorder builds it (every field already bounded and storable) and inserts
     it; the read side fills `id` and `name` (the task's current name, joined from its row;
     None once the row is deleted: history is kept) and leaves `result` and the traceback out.
+    `task_name`, `config_hash` and `git_revision` are the task as it was when it fired (the
+    message's labels); None in rows recorded before they existed.
     """
 
     config_id: int | None
@@ -239,3 +241,22 @@ class Execution:
     error_traceback: str | None = None
     id: int | None = None
     name: str | None = None
+    task_name: str | None = None
+    config_hash: str | None = None
+    git_revision: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One operator action as `audit_log` holds it: who, from where, what, on which task,
+    and how it ended. Strings are as stored (cut to fit); showing them is the reader's job."""
+
+    id: int
+    at: datetime
+    actor: str
+    origin: str
+    address: str | None
+    action: str
+    task_name: str
+    result: str
+    detail: str

@@ -10,10 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.adapters.migrate import migrate
 from syncd.adapters.postgres import SYNC_LOCK_KEY, DbStore
 from syncd.core.errors import ConflictError, SchemaMissing, StoreUnavailable
 from syncd.core.model import DesiredTask, Row, TaskConfig
@@ -21,20 +20,6 @@ from tests.services import PG_ADMIN_DSN
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 BULK = 10_000
-
-
-@pytest.fixture(scope="module")
-def migrated_url(database_url: str) -> str:
-    migrate(database_url)
-    return database_url
-
-
-@pytest.fixture(scope="module")
-def sql(migrated_url: str) -> Iterator[Engine]:
-    """A plain engine for the test's own SQL: setup by hand and checks behind DbStore's back."""
-    engine = create_engine(migrated_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

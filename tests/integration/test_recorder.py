@@ -27,12 +27,6 @@ KILL_OTHERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def migrated_url(database_url: str) -> str:
-    migrate(database_url)
-    return database_url
-
-
 @pytest.fixture
 def fresh_migrated_url(fresh_database_url: str) -> str:
     migrate(fresh_database_url)

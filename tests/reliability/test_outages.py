@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from syncd.adapters.audit import Actor, AuditStore
 from syncd.adapters.migrate import migrate
 from syncd.adapters.postgres import DbStore
 from syncd.cli.common import catalog
@@ -235,7 +236,10 @@ class Kicker:
         self._catalog = catalog()
 
     def run(self, name: str) -> str:
-        return trigger(self._db, self._broker, self._catalog, name)
+        audit = AuditStore(self._db.engine)
+        return trigger(
+            self._db, self._broker, self._catalog, name, audit=audit, actor=Actor.from_cli()
+        )
 
     def close(self) -> None:
         self._db.close()
