@@ -84,6 +84,11 @@ class DbStore:
     def from_url(cls, url: str) -> DbStore:
         return cls(pooled_engine(url))
 
+    @property
+    def engine(self) -> Engine:
+        """The pooled engine, for stores of other tables to share (`AuditStore`)."""
+        return self._engine
+
     def check_schema(self) -> None:
         """Raise SchemaMissing unless the tables exist and the schema is at the head revision."""
         with translate_errors(self._engine.url), self._engine.connect() as conn:

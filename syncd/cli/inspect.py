@@ -2,7 +2,8 @@
 
 Each reads the stores (status and explain also compute the dry-run plan with
 `reconcile_once`, so they never disagree with `syncd plan`) and hands plain values to
-`syncd.views.status` to format. They write nothing anywhere.
+`syncd.views.status` to format. Reads of executions are one query each, whatever the
+number of tasks. They write nothing anywhere.
 """
 
 from __future__ import annotations
@@ -19,28 +20,34 @@ from syncd.cli.common import catalog, print_json
 from syncd.cli.options import settings_from
 from syncd.core.errors import NotFound, UsageError
 from syncd.core.guards import SyncOptions
-from syncd.core.keys import schedule_id
-from syncd.core.plan import Plan, TaskPlan
+from syncd.core.plan import TaskPlan
+from syncd.inspection import explanation, planned_task
 from syncd.reconcile import Outcome, Stores, open_stores, reconcile_once
-from syncd.views.explain import Explanation, explain_text
+from syncd.views.explain import explain_text
 from syncd.views.history import execution_json, history_text, parse_since
 from syncd.views.status import status_json, status_rows, status_text
-
-EXPLAIN_EXECUTIONS = 10
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     name, root = _name_and_dir(args)
     now = datetime.now(UTC)
-    with open_stores(settings_from(args)) as stores:
+    settings = settings_from(args)
+    with open_stores(settings) as stores:
         outcome = _dry_run(root, stores, now)
-        tasks = _selected(outcome.plan, name, root)
+        tasks = _selected(outcome, name, root)
         statuses = stores.redis.read_statuses()
-        last_runs = stores.db.executions.last_of(
-            [t.config_id for t in tasks if t.config_id is not None]
-        )
+        ids = [t.config_id for t in tasks if t.config_id is not None]
+        last_runs = stores.db.executions.last_of(ids)
+        activity = stores.db.executions.activity(ids)
     _warn_problems(outcome)
-    rows = status_rows(tasks, statuses, last_runs, now)
+    rows = status_rows(
+        tasks,
+        statuses,
+        last_runs,
+        now,
+        activity=activity,
+        grace_seconds=settings.late_grace_seconds,
+    )
     if args.format == "json":
         print_json(status_json(rows))
     else:
@@ -51,10 +58,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     now = datetime.now(UTC)
-    with open_stores(settings_from(args)) as stores:
+    settings = settings_from(args)
+    with open_stores(settings) as stores:
         outcome = _dry_run(root, stores, now)
-        (task,) = _selected(outcome.plan, args.name, root)
-        view = _explanation(stores, outcome, task, now)
+        task = planned_task(outcome, args.name, str(root))
+        view = explanation(stores, outcome, task, now, settings.late_grace_seconds)
     _warn_problems(outcome)
     print(explain_text(view), end="")
     return 0
@@ -81,32 +89,11 @@ def _dry_run(root: Path, stores: Stores, now: datetime) -> Outcome:
     return reconcile_once(root, stores, catalog(), now, options=SyncOptions(dry_run=True))
 
 
-def _selected(plan: Plan, name: str | None, root: Path) -> list[TaskPlan]:
+def _selected(outcome: Outcome, name: str | None, root: Path) -> list[TaskPlan]:
     """Every planned task, or the one named; NotFound when git and PostgreSQL both lack it."""
     if name is None:
-        return list(plan.tasks)
-    found = [t for t in plan.tasks if t.name == name]
-    if not found:
-        raise NotFound(f"no task named {name!r} in {root} or among the rows syncd manages")
-    return found
-
-
-def _explanation(stores: Stores, outcome: Outcome, task: TaskPlan, now: datetime) -> Explanation:
-    row = stores.db.get_row(task.name)
-    sid = schedule_id(row.id) if row else None
-    return Explanation(
-        task=task,
-        declared=outcome.loaded.declared_at(task.name),
-        row=row,
-        row_times=stores.db.row_times(row.id) if row else None,
-        data_key=stores.layout.data_key(sid) if sid else None,
-        # One bulk read, as the plan does: it also finds the id in every index list.
-        record=stores.redis.read_schedules().get(sid) if sid else None,
-        status_key=stores.layout.status_key(row.id) if row else None,
-        status=stores.redis.get_status(row.id) if row else None,
-        executions=stores.db.executions.recent(task.name, False, None, EXPLAIN_EXECUTIONS),
-        now=now,
-    )
+        return list(outcome.plan.tasks)
+    return [planned_task(outcome, name, str(root))]
 
 
 def _warn_problems(outcome: Outcome) -> None:

@@ -26,7 +26,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     options = guard_options(args, settings, lock_wait_seconds=LOCK_WAIT_SECONDS)
     lease = Lease.from_url(settings.redis_url, settings.layout.lease_key, ttl=LEASE_TTL_SECONDS)
     daemon = Daemon(
-        WatchConfig(Path(args.dir), args.resync_interval, options),
+        WatchConfig(
+            Path(args.dir),
+            args.resync_interval,
+            options,
+            late_grace_seconds=settings.late_grace_seconds,
+        ),
         stores=lambda: open_stores(settings),
         catalog=catalog(),
         lease=lease,

@@ -4,7 +4,9 @@ Pure: builds the JSON dict exactly as taskiq's `ScheduledTask.model_dump(mode="j
 would (an integration test proves they are equal), and names the list it belongs in.
 The planner builds each payload once, compares it with Redis and hands it to apply in
 the Plan. The labels carry what the worker needs: config id, retries and their backoff,
-timeout, priority and queue; the parameters are the task's kwargs.
+timeout, priority and queue; the parameters are the task's kwargs. They also say which
+configuration fired (its name, content hash and the git revision its row was written at),
+which the recorder copies onto each execution row.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from syncd.core.keys import KeyLayout, queue_stream, schedule_id
 from syncd.core.model import TaskConfig
 
 
-def schedule_labels(config_id: int, config: TaskConfig, queue: str) -> dict[str, Any]:
-    """Labels of every message sent for this task (by the scheduler or `syncd run`)."""
+def schedule_labels(
+    config_id: int, config: TaskConfig, queue: str, *, revision: str | None = None
+) -> dict[str, Any]:
+    """Labels of every message sent for this task (by the scheduler or `syncd run`).
+
+    `revision` is the one stamped on the task's row when its configuration was last
+    written (`Row.git_revision`), never the current HEAD: a commit that leaves a task alone
+    must not rewrite its schedule.
+    """
     labels: dict[str, Any] = {
         "config_id": config_id,
         "task_name": config.name,
+        "config_hash": config.content_hash(),
         "priority": config.priority,
         "queue": queue,
         # RedisStreamBroker.kick routes a message to the stream named by this label.
@@ -37,11 +47,16 @@ def schedule_labels(config_id: int, config: TaskConfig, queue: str) -> dict[str,
         labels["retry_backoff_max"] = float(config.retry_backoff_max_seconds)
     if config.timeout_seconds is not None:
         labels["timeout"] = config.timeout_seconds
+    if revision is not None:
+        labels["git_revision"] = revision
     return labels
 
 
-def build_schedule(config_id: int, config: TaskConfig, queue: str) -> dict[str, Any] | None:
-    """The ScheduledTask JSON for a scheduled task, or None for a manual one."""
+def build_schedule(
+    config_id: int, config: TaskConfig, queue: str, *, revision: str | None = None
+) -> dict[str, Any] | None:
+    """The ScheduledTask JSON for a scheduled task, or None for a manual one; `revision`
+    as in `schedule_labels`."""
     schedule = config.schedule_config
     cron = interval = time = cron_offset = None
     if config.scheduler_type == "cron":
@@ -56,7 +71,7 @@ def build_schedule(config_id: int, config: TaskConfig, queue: str) -> dict[str, 
         return None
     return {
         "task_name": config.task_type,
-        "labels": schedule_labels(config_id, config, queue),
+        "labels": schedule_labels(config_id, config, queue, revision=revision),
         "args": [],
         "kwargs": dict(config.parameters),
         "task_id": None,

@@ -93,7 +93,9 @@ class TaskPlan:
     The writes: `write_row` (with `after`, `source`, `line`), `schedule_op` (with `payload`
     and `current_lists`) and `status_op`. `payload` is None for a task this plan creates:
     its schedule id comes from the row id PostgreSQL assigns, so apply builds the payload
-    with `schedule_payload(new_id)` from the same `after` and `queue`.
+    with `schedule_payload(new_id)` from the same `after`, `queue` and `revision`.
+    `revision` is the git revision the task's row holds once the plan is applied (the
+    plan's for a row it writes, else the row's own): its payload carries it.
     """
 
     name: str
@@ -114,6 +116,7 @@ class TaskPlan:
     current_lists: tuple[str, ...] = ()
     queue: str | None = None
     payload: dict[str, Any] | None = None
+    revision: str | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -134,7 +137,7 @@ class TaskPlan:
             return self.payload
         if self.after is None or self.queue is None:
             return None
-        return build_schedule(config_id, self.after, self.queue)
+        return build_schedule(config_id, self.after, self.queue, revision=self.revision)
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def _plan_desired(
 ) -> TaskPlan:
     queue = desired.queue_for(task.config.task_type)
     if row is None:
-        return _plan_create(task, queue, now)
+        return _plan_create(task, queue, now, desired.revision)
     git_changed = task.config.content_hash() != row.stored_hash
     drift: list[Reason] = []
     notes: list[Reason] = []
@@ -249,9 +252,19 @@ def _plan_desired(
     moved = row.source_file is not None and row.source_file != task.source
     if moved:
         notes.append(Reason(NoteCode.MOVED, f"moved from {row.source_file}"))
+    write_row = git_changed or row_edited or moved
+    # A written row is stamped with the plan's revision, and its payload must carry the
+    # same one, or the next sync would see the schedule as altered.
+    revision = desired.revision if write_row else row.git_revision
     record = actual.schedules.get(schedule_id(row.id))
-    expected = _expected_schedule(row.id, task.config, queue, now)
-    schedule_op, schedule_drift = _schedule_op(expected, record, task.config, now, layout)
+    # Drift is judged against the schedule as last applied (the row's own revision).
+    applied = _expected_schedule(row.id, task.config, queue, now, row.git_revision)
+    schedule_op, schedule_drift = _schedule_op(applied, record, task.config, now, layout)
+    expected = applied
+    if revision != row.git_revision:
+        expected = _expected_schedule(row.id, task.config, queue, now, revision)
+        if schedule_op is None and expected is not None:
+            schedule_op = "put"  # only the revision label follows the rewritten row: no drift
     status_op, state, status_drift, status_notes = _status(
         task.config, actual.statuses.get(row.id), record, now
     )
@@ -270,16 +283,17 @@ def _plan_desired(
         source=task.source,
         path=task.path,
         line=task.line,
-        write_row=git_changed or row_edited or moved,
+        write_row=write_row,
         schedule_op=schedule_op,
         status_op=status_op,
         current_lists=record.lists if record else (),
         queue=queue,
         payload=expected if schedule_op == "put" else None,
+        revision=revision,
     )
 
 
-def _plan_create(task: DesiredTask, queue: str, now: datetime) -> TaskPlan:
+def _plan_create(task: DesiredTask, queue: str, now: datetime, revision: str | None) -> TaskPlan:
     config = task.config
     expired = config.has_passed(now)
     scheduled = config.is_scheduled and not expired
@@ -303,6 +317,7 @@ def _plan_create(task: DesiredTask, queue: str, now: datetime) -> TaskPlan:
         schedule_op="put" if scheduled else None,
         status_op="active" if scheduled else "inactive",
         queue=queue,
+        revision=revision,
     )
 
 
@@ -337,11 +352,11 @@ def _plan_absent(row: Row, actual: Actual, desired: Desired) -> TaskPlan:
 
 
 def _expected_schedule(
-    config_id: int, config: TaskConfig, queue: str, now: datetime
+    config_id: int, config: TaskConfig, queue: str, now: datetime, revision: str | None
 ) -> dict[str, Any] | None:
     if not config.is_scheduled or config.has_passed(now):
         return None
-    return build_schedule(config_id, config, queue)
+    return build_schedule(config_id, config, queue, revision=revision)
 
 
 def _schedule_op(

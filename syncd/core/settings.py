@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     schedule_prefix: str = Field(default=DEFAULT_SCHEDULE_PREFIX, pattern=r"^[^:]+$")
     status_prefix: str = DEFAULT_STATUS_PREFIX
     max_deletes: int = Field(default=10, ge=0)
+    # How long after a due fire a task without a run counts as late (`syncd status`, the
+    # daemon's metrics); None: max(60 s, 10 % of the time between fires), at most 15 min.
+    # The last run's duration is added either way: a run is recorded only when it ends.
+    late_grace_seconds: float | None = Field(default=None, ge=0)
 
     # -- the worker ------------------------------------------------------------------
     # Comma-separated queue names (SYNCD_WORKER_QUEUES=data,default); empty: every queue

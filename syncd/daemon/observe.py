@@ -2,16 +2,19 @@
 
 Used by `daemon.watch`. The health decision (`decide_health`) and the metric update from
 an Outcome (`Metrics.record_outcome`) are plain code that unit tests call without a
-server; `daemon.http` serves them. Nothing here talks to PostgreSQL or Redis, and nothing
-here decides when to reconcile.
+server; `daemon.http` serves them. So are the per-task series (`task_samples`,
+`Metrics.record_tasks`): each task's last success and its missed fires
+(`core.lateness`), for alerts on a task that stopped running. Nothing here talks to
+PostgreSQL or Redis, and nothing here decides when to reconcile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO, get_args
@@ -19,8 +22,10 @@ from typing import Any, Literal, TextIO, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from schemas.text import visible
+from syncd.core.lateness import Activity, lateness
 from syncd.core.logtext import EscapingFormatter, field_text, visible_json
-from syncd.core.plan import Plan, TaskState
+from syncd.core.model import TaskConfig
+from syncd.core.plan import Plan, TaskPlan, TaskState
 from syncd.core.problems import Problem
 from syncd.reconcile import Outcome
 
@@ -211,6 +216,53 @@ def task_state_counts(plan: Plan) -> dict[TaskState, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class TaskSample:
+    """One task's series: the end of its newest success (Unix time; None: none recorded),
+    whether it is late and how many fires it missed."""
+
+    name: str
+    last_success: float | None
+    late: bool
+    missed: int
+
+
+def task_samples(
+    outcome: Outcome,
+    statuses: Mapping[int, str],
+    activity: Mapping[int, Activity],
+    now: datetime,
+    grace_seconds: float | None = None,
+) -> list[TaskSample]:
+    """The series of every task with a row after the reconcile (a task created by it has
+    no id in the plan yet: it gets its series at the next refresh, it cannot be late yet).
+    `statuses` are read from Redis, as `syncd status` reads them: a frozen task may be
+    paused, and a one-shot past its time is still active."""
+    applied = outcome.applied is not None
+    samples = []
+    for task in outcome.plan.tasks:
+        if task.config_id is None or (applied and task.action == "delete"):
+            continue
+        runs = activity.get(task.config_id)
+        status = statuses.get(task.config_id)
+        late = lateness(_running_config(task, applied), status, runs, now, grace_seconds)
+        success = runs.last_success if runs is not None else None
+        samples.append(
+            TaskSample(
+                task.name, None if success is None else success.timestamp(), late.late, late.missed
+            )
+        )
+    return samples
+
+
+def _running_config(task: TaskPlan, applied: bool) -> TaskConfig:
+    """The configuration the scheduler has: git's once applied, else the row's."""
+    config = (task.after if applied else task.before) or task.before or task.after
+    if config is None:  # a plan always carries one side
+        raise ValueError(f"task plan {task.name!r} has no configuration")
+    return config
+
+
 class Metrics:
     """The daemon's Prometheus metrics, in a registry of their own (not the global one)."""
 
@@ -243,6 +295,22 @@ class Metrics:
         self.is_leader = Gauge(
             "syncd_is_leader", "1 while this daemon holds the leader lease", registry=r
         )
+        self.task_last_success = Gauge(
+            "syncd_task_last_success_timestamp_seconds",
+            "Unix time the newest successful run of a task ended",
+            ["task"],
+            registry=r,
+        )
+        self.task_missed = Gauge(
+            "syncd_task_missed_fires",
+            "Fires of a task due (past the grace) with no run since its last one",
+            ["task"],
+            registry=r,
+        )
+        self.task_late = Gauge(
+            "syncd_task_late", "1 while a task's due fire has no run", ["task"], registry=r
+        )
+        self._task_names: set[str] = set()
         if is_leader is not None:
             # Read at scrape time: true even while a long reconcile blocks the main loop.
             self.is_leader.set_function(lambda: float(is_leader()))
@@ -264,6 +332,34 @@ class Metrics:
             if outcome.applied is not None:
                 self.drift_repaired.inc(outcome.plan.summary()["drift"])
         return result
+
+    def record_tasks(self, samples: Sequence[TaskSample]) -> None:
+        """Set every task's series; drop those of tasks no longer there."""
+        names = {sample.name for sample in samples}
+        self._drop_tasks(self._task_names - names)
+        for sample in samples:
+            if sample.last_success is None:
+                self._remove(self.task_last_success, sample.name)
+            else:
+                self.task_last_success.labels(sample.name).set(sample.last_success)
+            self.task_missed.labels(sample.name).set(sample.missed)
+            self.task_late.labels(sample.name).set(float(sample.late))
+        self._task_names = names
+
+    def clear_tasks(self) -> None:
+        """No task series: only the leader, which reads the tasks, exports them."""
+        self._drop_tasks(self._task_names)
+        self._task_names = set()
+
+    def _drop_tasks(self, names: set[str]) -> None:
+        for name in names:
+            for gauge in (self.task_last_success, self.task_missed, self.task_late):
+                self._remove(gauge, name)
+
+    @staticmethod
+    def _remove(gauge: Gauge, name: str) -> None:
+        with contextlib.suppress(KeyError):  # never set: nothing to remove
+            gauge.remove(name)
 
     def record_failure(self, kind: str, seconds: float) -> None:
         """Count a reconcile that raised (a store down, the lock held, a bug)."""

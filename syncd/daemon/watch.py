@@ -3,7 +3,8 @@
 File events and a resync timer only mark the state dirty (level-triggered: a missed
 event costs latency, never correctness); only the holder of the Redis leader lease
 reconciles; failures back off and are retried. It decides nothing about what to write
-(the plan does) and never passes --allow-empty on its own.
+(the plan does) and never passes --allow-empty on its own. After a reconcile the leader
+also refreshes the per-task metrics (last success, missed fires) with one query.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from syncd.daemon.observe import (
     decide_health,
     fields,
     health_max_age,
+    task_samples,
 )
 from syncd.daemon.triggers import FileChange, Timing, dir_identity, error_kind, has_relevant
 from syncd.load.loader import LoadCache
@@ -61,6 +63,9 @@ LOCK_WAIT_SECONDS = 5.0
 # A reconcile running this long is stuck (e.g. on a row lock): let another daemon lead.
 STALL_SECONDS = 300.0
 DEFAULT_RESYNC_SECONDS = 60.0
+# The per-task metrics are refreshed after a reconcile, but not more often than this: a
+# burst of edits must not recompute every task's lateness each time.
+TASK_METRICS_SECONDS = 5.0
 
 
 class Abandon(BaseException):
@@ -77,6 +82,9 @@ class WatchConfig:
     options: SyncOptions = field(
         default_factory=lambda: SyncOptions(lock_wait_seconds=LOCK_WAIT_SECONDS)
     )
+    # SYNCD_LATE_GRACE_SECONDS (the CLI passes it): the same grace `syncd status` uses;
+    # None is lateness' own default.
+    late_grace_seconds: float | None = None
 
 
 StoresFactory = Callable[[], AbstractContextManager[Stores]]
@@ -117,6 +125,7 @@ class Daemon:
         self._last_success: float | None = None
         self._log = ReconcileLog(log)
         self._watch_problem: str | None = None
+        self._tasks_refreshed: float | None = None
 
     def run(self) -> None:
         """Until `stop` is set; a reconcile in progress is finished first."""
@@ -206,6 +215,8 @@ class Daemon:
             self._timing.became_leader()
         elif self._is_leader and not held:
             log.warning("leader lease lost: not reconciling until it is held again")
+            self.metrics.clear_tasks()  # the new leader exports them
+            self._tasks_refreshed = None
         self._is_leader = held
 
     def _failed(self, started: float, exc: Exception, trigger: str) -> None:
@@ -237,6 +248,27 @@ class Daemon:
             self._last_error = "; ".join(outcome.refusals)
         self._log.outcome(outcome, seconds, trigger)
         self._forget_stale_cache(outcome)
+        self._refresh_tasks(outcome)
+
+    def _refresh_tasks(self, outcome: Outcome) -> None:
+        """The per-task series, from the plan just made, the statuses (one bulk Redis read)
+        and one query for every task's runs; a failed read keeps the previous values (the
+        reconcile itself succeeded)."""
+        now = self._clock()
+        if self._tasks_refreshed is not None and now - self._tasks_refreshed < TASK_METRICS_SECONDS:
+            return
+        ids = [task.config_id for task in outcome.plan.tasks if task.config_id is not None]
+        stores = self._open_stores()
+        try:
+            statuses = stores.redis.read_statuses()
+            activity = stores.db.executions.activity(ids)
+        except SyncdError as exc:
+            log.warning("task metrics not refreshed: %s", exc)
+            return
+        grace = self.config.late_grace_seconds
+        samples = task_samples(outcome, statuses, activity, self._wall(), grace)
+        self.metrics.record_tasks(samples)
+        self._tasks_refreshed = now
 
     def _forget_stale_cache(self, outcome: Outcome) -> None:
         # LoadCache never evicts: without this, every edit would stay in memory forever.

@@ -1,5 +1,7 @@
 """`syncd explain NAME`: one task followed from its taskdef line through its row, its Redis
-schedule and status, the plan, to its next fires and last executions. Pure."""
+schedule and status, the plan, to its next fires and last executions, with how its runs
+are going: the failure streak and the revision it began on, and whether it is late, and
+the operator actions taken on it (`audit_log`). Pure."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from syncd.core.firetimes import next_fire_times, timezone_of
+from syncd.core.lateness import FailingSince, Lateness
 from syncd.core.logtext import line_head
-from syncd.core.model import Execution, Row, ScheduleRecord
+from syncd.core.model import AuditEntry, Execution, Row, ScheduleRecord
 from syncd.core.plan import TaskPlan
-from syncd.views.history import ERROR_MAX, outcome
-from syncd.views.status import live_config, next_fire, next_fire_cell, sync_state
+from syncd.views.history import ERROR_MAX, outcome, short_revision
+from syncd.views.status import late_text, live_config, next_fire, next_fire_cell, sync_state
 from syncd.views.text import (
     EMPTY,
     describe_config,
@@ -43,6 +46,9 @@ class Explanation:
     status: str | None
     executions: Sequence[Execution]
     now: datetime
+    failing: FailingSince | None = None  # over more runs than `executions` shows
+    lateness: Lateness | None = None  # None: not known (the task has no row)
+    audit: Sequence[AuditEntry] = ()  # operator actions on the task, newest first
 
 
 def explain_text(view: Explanation) -> str:
@@ -53,7 +59,9 @@ def explain_text(view: Explanation) -> str:
         _section("redis", _explain_redis(view)),
         _section("plan", _explain_plan(view.task)),
         _section("next fires", _explain_fires(view)),
+        _section("runs", _explain_health(view)),
         _section(f"last {len(view.executions)} execution(s)", _explain_runs(view.executions)),
+        _section("audit (operator actions, newest first)", _explain_audit(view.audit)),
     ]
     return "\n".join(sections) + "\n"
 
@@ -130,12 +138,52 @@ def _explain_fires(view: Explanation) -> list[str]:
     return lines
 
 
+def _explain_health(view: Explanation) -> list[str]:
+    lines = [failing_text(view.failing) if view.failing else _not_failing(view.executions)]
+    late = view.lateness
+    if late is not None and late.late:
+        lines.append(late_text(late))
+    elif late is not None and late.expected_at is not None:
+        lines.append(f"on time: the fire due at {format_time(late.expected_at)} UTC has a run")
+    return lines
+
+
+def _not_failing(executions: Sequence[Execution]) -> str:
+    return "the newest run succeeded" if executions else "no runs recorded"
+
+
+def failing_text(failing: FailingSince) -> str:
+    """`failing since revision abc1234 (3 of the last 3 runs)`, and what the run before
+    the streak says about the cause."""
+    revision = short_revision(failing.revision)
+    start = f"revision {revision}" if revision else f"{format_time(failing.since)} UTC"
+    text = f"failing since {start} ({failing.failures} of the last {failing.runs} runs)"
+    if not failing.succeeded_before:
+        return text
+    previous = short_revision(failing.previous_revision)
+    if failing.attributed:
+        return f"{text}; the run before succeeded on {previous}: the change is the likely cause"
+    if previous and previous == revision:
+        return f"{text}; the run before succeeded on the same revision"
+    return f"{text}; the run before succeeded"
+
+
 def _explain_runs(executions: Sequence[Execution]) -> list[str]:
     return [
         f"attempt {e.attempt}  {outcome(e):<7} "
         f"started {format_time(e.started_at)}  {format_duration(e.duration_seconds)}"
+        + (f"  rev {short_revision(e.git_revision)}" if e.git_revision else "")
         + (f"  {shorten(first_line(e.error_message), ERROR_MAX)}" if e.error_message else "")
         for e in executions
+    ]
+
+
+def _explain_audit(entries: Sequence[AuditEntry]) -> list[str]:
+    return [
+        f"{format_time(e.at)}  {e.action} {e.result} by {e.actor} ({e.origin}"
+        + (f" from {e.address})" if e.address else ")")
+        + (f"  {shorten(first_line(e.detail), ERROR_MAX)}" if e.detail else "")
+        for e in entries
     ]
 
 

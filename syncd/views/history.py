@@ -1,4 +1,8 @@
-"""`syncd history`: finished attempts as a table or JSON, and the `--since` parser. Pure."""
+"""`syncd history`: finished attempts as a table or JSON, and the `--since` parser. Pure.
+
+Each attempt shows the git revision its task was at when it fired (short in tables, whole
+in JSON); a deleted task's attempts still show the name they recorded.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,19 @@ from typing import Any
 
 from syncd.core.logtext import visible_json
 from syncd.core.model import Execution
-from syncd.views.text import first_line, format_duration, format_time, iso_utc, shorten, table
+from syncd.views.text import (
+    EMPTY,
+    first_line,
+    format_duration,
+    format_time,
+    iso_utc,
+    shorten,
+    table,
+)
 
 ERROR_MAX = 80  # characters of an error's first line in a table
+SHORT_REVISION = 7  # hex digits of a revision in tables, as `git log --oneline` shows it
+DIRTY = "-dirty"  # the suffix adapters.git puts on a revision with uncommitted changes
 # How the worker words a stopped attempt (worker.runner and the recorder): each gets its
 # own word in tables, so a timing-out or memory-hungry task stands out from a failing one.
 _STOPPED = (
@@ -41,19 +55,38 @@ def parse_since(text: str, now: datetime) -> datetime:
 def history_text(executions: Sequence[Execution]) -> str:
     if not executions:
         return "No executions.\n"
-    headers = ("COMPLETED (UTC)", "TASK", "ATTEMPT", "RESULT", "DURATION", "ERROR")
+    headers = ("COMPLETED (UTC)", "TASK", "ATTEMPT", "RESULT", "REVISION", "DURATION", "ERROR")
     rows = [
         [
             format_time(e.completed_at),
-            e.name or f"(deleted task {e.config_id or '?'})",
+            task_label(e),
             str(e.attempt),
             outcome(e),
+            short_revision(e.git_revision) or EMPTY,
             format_duration(e.duration_seconds),
             shorten(first_line(e.error_message), ERROR_MAX),
         ]
         for e in executions
     ]
     return table(headers, rows) + "\n"
+
+
+def task_label(execution: Execution) -> str:
+    """The task's current name; once its row is deleted, the name its run recorded."""
+    if execution.name:
+        return execution.name
+    if execution.task_name:
+        return f"{execution.task_name} (deleted)"
+    return f"(deleted task {execution.config_id or '?'})"
+
+
+def short_revision(revision: str | None) -> str | None:
+    """`abc1234` for a commit id, `abc1234-dirty` for uncommitted changes on it."""
+    if not revision:
+        return None
+    dirty = revision.endswith(DIRTY)
+    head = revision.removesuffix(DIRTY)[:SHORT_REVISION]
+    return head + DIRTY if dirty else head
 
 
 def execution_json(execution: Execution) -> dict[str, Any]:
@@ -71,6 +104,9 @@ def execution_json(execution: Execution) -> dict[str, Any]:
             "completed_at": iso_utc(execution.completed_at),
             "duration_seconds": execution.duration_seconds,
             "error_message": execution.error_message,
+            "task_name": execution.task_name,
+            "config_hash": execution.config_hash,
+            "git_revision": execution.git_revision,
         }
     )
     return shown

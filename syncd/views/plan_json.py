@@ -24,7 +24,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
     report = {
         "format_version": FORMAT_VERSION,
         "summary": plan.summary(),
-        "changes": [_json_task(t) for t in by_name(plan.tasks) if _reported(t)],
+        "changes": [plan_task_json(t) for t in by_name(plan.tasks) if _reported(t)],
         "frozen_files": list(plan.broken_sources),
         "strays": [{"schedule_id": s.schedule_id, "lists": list(s.lists)} for s in plan.strays],
         "stray_statuses": list(plan.stray_statuses),
@@ -39,7 +39,8 @@ def _reported(task: TaskPlan) -> bool:
     return task.has_changes or bool(task.notes) or task.state in NOTED_STATES
 
 
-def _json_task(task: TaskPlan) -> dict[str, Any]:
+def plan_task_json(task: TaskPlan) -> dict[str, Any]:
+    """One task's item of `changes` (listed there or not: an in-sync task is not)."""
     return {
         "name": task.name,
         "action": task.action,

@@ -4,7 +4,9 @@ Pure: the CLI reads the stores and computes the dry-run plan, then hands the val
 to be turned into rows, a text table and JSON (`views.explain` and `views.history` build on
 the same values). Nothing here talks to PostgreSQL or Redis,
 reads the clock or prints; the sync state comes from the plan, never re-derived. Each
-reason a task is not in sync carries a stable code (`sync_detail` in the JSON).
+reason a task is not in sync carries a stable code (`sync_detail` in the JSON). A task
+whose due fire has no run is LATE (`core.lateness`): marked in its status and explained
+under the table; `late`, `expected_at` and `missed_fires` in the JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from syncd.core.firetimes import next_fire_times, timezone_of
+from syncd.core.lateness import MISSED_CAP, NOT_LATE, Activity, Lateness, lateness
 from syncd.core.logtext import line_head, visible_json
 from syncd.core.model import Execution, TaskConfig
 from syncd.core.plan import Reason, TaskPlan
@@ -65,6 +68,7 @@ class StatusRow:
     sync_detail: tuple[Reason, ...]
     next_fire: NextFire
     last_run: Execution | None
+    lateness: Lateness = NOT_LATE
 
 
 # ---------------------------------------------------------------- derived values
@@ -137,13 +141,18 @@ def status_rows(
     statuses: Mapping[int, str],
     last_runs: Mapping[int, Execution],
     now: datetime,
+    *,
+    activity: Mapping[int, Activity] | None = None,
+    grace_seconds: float | None = None,
 ) -> list[StatusRow]:
-    """One StatusRow per planned task, in the plan's (name) order."""
+    """One StatusRow per planned task, in the plan's (name) order; `activity` (by config
+    id) tells which are late, `grace_seconds` overrides the default grace."""
     rows = []
     for task in tasks:
         config = live_config(task)
         status = statuses.get(task.config_id) if task.config_id is not None else None
         last = last_runs.get(task.config_id) if task.config_id is not None else None
+        runs = (activity or {}).get(task.config_id) if task.config_id is not None else None
         state, detail = sync_state(task)
         rows.append(
             StatusRow(
@@ -156,6 +165,7 @@ def status_rows(
                 sync_detail=detail,
                 next_fire=next_fire(config, status, last, now),
                 last_run=last,
+                lateness=lateness(config, status, runs, now, grace_seconds),
             )
         )
     return rows
@@ -187,18 +197,30 @@ def status_text(rows: Sequence[StatusRow]) -> str:
     headers = ("NAME", "SCHEDULE", "STATUS", "SYNC", "NEXT FIRE (UTC)", "LAST RUN")
     text = table(headers, [_status_cells(row) for row in rows])
     details = [
-        f"  {line_head(row.name)}: {clean(reason.message)}"  # indented, still a line start
+        f"  {line_head(row.name)}: {clean(message)}"  # indented, still a line start
         for row in rows
-        for reason in row.sync_detail
+        for message in _details(row)
     ]
     return text + "\n" + ("\n" + "\n".join(details) + "\n" if details else "")
 
 
+def _details(row: StatusRow) -> list[str]:
+    late = [late_text(row.lateness)] if row.lateness.late else []
+    return late + [reason.message for reason in row.sync_detail]
+
+
+def late_text(late: Lateness) -> str:
+    """`late: no run since the fire due at 2026-01-02 03:04:00 UTC (3 missed)`."""
+    missed = f"{late.missed}{'+' if late.missed >= MISSED_CAP else ''} missed"
+    return f"late: no run since the fire due at {format_time(late.expected_at)} UTC ({missed})"
+
+
 def _status_cells(row: StatusRow) -> list[str]:
+    status = row.status or "missing"
     return [
         row.name,
         describe_config(row.config),
-        row.status or "missing",
+        f"{status} LATE" if row.lateness.late else status,
         row.sync_state,
         next_fire_cell(row.next_fire),
         _last_run_cell(row.last_run),
@@ -241,4 +263,7 @@ def _row_json(row: StatusRow) -> dict[str, Any]:
         "next_fire_exact": row.next_fire.exact,
         "next_fire_note": row.next_fire.note or None,
         "last_run": None if row.last_run is None else execution_json(row.last_run),
+        "late": row.lateness.late,
+        "expected_at": iso_utc(row.lateness.expected_at),
+        "missed_fires": row.lateness.missed,
     }

@@ -2,7 +2,8 @@
 
 Reads PostgreSQL (psycopg, not syncd's adapter) and Redis (raw commands) independently and
 compares them with the taskdefs as `syncd.load.loader` reads them: every managed row and its fields,
-source and hash; every schedule payload against `syncd.core.payloads.build_schedule`; each schedule
+source and hash; every schedule payload against `syncd.core.payloads.build_schedule` (labelled
+with the git revision its row holds); each schedule
 id listed once, in the right index list only; every status key; nothing else under the prefix.
 Returns a list of discrepancies (empty: converged), so tests can also prove it catches each.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,13 +50,15 @@ class Expected:
     def config(self, name: str) -> TaskConfig:
         return self.tasks[name].config
 
-    def payload(self, config_id: int, name: str) -> dict[str, Any] | None:
+    def payload(
+        self, config_id: int, name: str, revision: str | None = None
+    ) -> dict[str, Any] | None:
         config = self.config(name)
         at = config.at_time()
         if not config.is_scheduled or (at is not None and at <= self.now):
             return None
         queue = self.queues.get(config.task_type, DEFAULT_QUEUE)
-        return build_schedule(config_id, config, queue)
+        return build_schedule(config_id, config, queue, revision=revision)
 
     def status(self, name: str) -> str:
         config = self.config(name)
@@ -84,8 +87,9 @@ class Report:
 
 def read_rows(database_url: str) -> list[dict[str, Any]]:
     columns = ", ".join(
-        ("id", "name", *CONFIG_FIELDS, "managed_by", "content_hash", "source_file", "source_line")
-    )
+        ("id", "name", *CONFIG_FIELDS, "managed_by", "content_hash", "source_file", "source_line",
+         "git_revision")
+    )  # fmt: skip
     with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT {columns} FROM task_configs ORDER BY id")  # noqa: S608 - constants
         names = [d.name for d in cur.description or ()]
@@ -137,14 +141,16 @@ def check_redis(
     *,
     layout: KeyLayout = LAYOUT,
     other_prefixes: Iterable[str] = (),
+    revisions: Mapping[str, str | None] | None = None,
 ) -> None:
+    """`revisions`: each task's row revision, which its payload must carry (None: none)."""
     prefix = f"{layout.prefix}:"
     keys = sorted(_text(k) for k in client.scan_iter(match="*", count=1000))
     wanted_lists: dict[str, list[str]] = {}
     wanted_data: dict[str, dict[str, Any]] = {}
     wanted_status: dict[str, str] = {}
     for name, config_id in ids.items():
-        payload = expected.payload(config_id, name)
+        payload = expected.payload(config_id, name, (revisions or {}).get(name))
         if payload is not None:
             sid = schedule_id(config_id)
             wanted_data[layout.data_key(sid)] = payload
@@ -234,9 +240,19 @@ def check_convergence(
     """Every way the stores differ from the taskdefs; [] when they match exactly."""
     expected = expected_from(taskdefs, now)
     report = Report()
-    ids = check_rows(expected, read_rows(database_url), report)
+    rows = read_rows(database_url)
+    ids = check_rows(expected, rows, report)
+    revisions = {row["name"]: row["git_revision"] for row in rows}
     with redis.Redis.from_url(redis_url) as client:
-        check_redis(expected, ids, client, report, layout=layout, other_prefixes=other_prefixes)
+        check_redis(
+            expected,
+            ids,
+            client,
+            report,
+            layout=layout,
+            other_prefixes=other_prefixes,
+            revisions=revisions,
+        )
     return report.problems
 
 

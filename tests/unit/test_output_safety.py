@@ -9,7 +9,7 @@ import json
 import logging
 import tempfile
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd.core.keys import KeyLayout
+from syncd.core.lateness import Activity, FailingSince, Lateness
 from syncd.core.logtext import SafeFormatter
 from syncd.core.model import Execution, TaskCatalog, TaskConfig
 from syncd.core.offline import applied_state
@@ -30,7 +31,7 @@ from syncd.views.history import history_text
 from syncd.views.plan_json import render_json
 from syncd.views.plan_markdown import render_markdown
 from syncd.views.plan_text import render_text
-from syncd.views.status import status_rows, status_text
+from syncd.views.status import status_json, status_rows, status_text
 from syncd.views.validation import Validation, validation_report, validation_summary
 from tests.services import TEST_POLICY
 from tests.unit.test_text import raw_controls
@@ -220,17 +221,29 @@ def test_every_plan_view_escapes_names_keys_values_and_paths(
 def test_status_and_history_tables_escape_what_the_stores_hold(name: str, text: str) -> None:
     the_plan = hostile_plan(name, text, text, text)
     assert_safe(status_text(status_rows(the_plan.tasks, {4: text}, {}, NOW)))
-    run = Execution(4, text, 1, False, NOW, NOW, 1.0, text, name=name)
-    assert_safe(history_text([run, Execution(None, "t", 2, True, NOW, NOW, None, None)]))
+    # Late (a daily cron registered days ago, never run): its line under the table too.
+    activity = {5: Activity(NOW - timedelta(days=3))}
+    late = status_rows(the_plan.tasks, {5: "active"}, {}, NOW, activity=activity)
+    assert any(row.lateness.late for row in late)
+    assert_safe(status_text(late))
+    assert_json_safe(status_json(late))
+    run = Execution(4, text, 1, False, NOW, NOW, 1.0, text, name=name, git_revision=text)
+    deleted = Execution(None, "t", 2, True, NOW, NOW, None, None, task_name=name)
+    assert_safe(history_text([run, deleted, Execution(None, "t", 2, True, NOW, NOW, None, None)]))
 
 
 @EXAMPLES
 @given(name=STORE_TEXT, text=STORE_TEXT)
 def test_explain_escapes_the_name_its_location_and_the_last_errors(name: str, text: str) -> None:
     task, frozen = hostile_plan(name, text, text, text).tasks[:3:2]
-    run = Execution(4, text, 1, False, NOW, NOW, 1.0, text, name=name)
+    run = Execution(4, text, 1, False, NOW, NOW, 1.0, text, name=name, git_revision=text)
+    # A revision comes back from the database, where anyone may have written anything.
+    failing = FailingSince(2, 3, text, NOW, True, text + "x")
+    late = Lateness(True, NOW, 3, 60.0)
     for shown, declared in ((task, f"{text}:3"), (frozen, None)):
-        view = Explanation(shown, declared, None, None, None, None, None, None, [run], NOW)
+        view = Explanation(
+            shown, declared, None, None, None, None, None, None, [run], NOW, failing, late
+        )
         assert_safe(explain_text(view))
 
 

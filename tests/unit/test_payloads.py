@@ -29,6 +29,7 @@ def test_labels_of_a_task_with_retries_carry_the_backoff_as_floats() -> None:
     assert labels == {
         "config_id": 7,
         "task_name": "nightly",
+        "config_hash": config(max_retries=2, retry_backoff_seconds=0.5).content_hash(),
         "priority": 5,
         "queue": "data",
         "queue_name": "syncd-queue:data",
@@ -58,21 +59,35 @@ def test_a_task_without_retries_has_no_backoff_labels_whatever_its_backoff() -> 
     assert labels["retry_on_error"] is False
 
 
-# The exact bytes syncd registered for this task before the backoff fields existed: a task
-# without retries must keep them, or an upgrade would rewrite every schedule.
-PAYLOAD_BEFORE_BACKOFF = (
-    '{"task_name":"reports.build","labels":{"config_id":3,"task_name":"nightly","priority":5,'
-    '"queue":"default","queue_name":"syncd-queue:default","max_retries":1,'
-    '"retry_on_error":false,"timeout":600},"args":[],"kwargs":{"region":"eu"},"task_id":null,'
-    '"schedule_id":"task_3","cron":"30 2 * * *","cron_offset":"Europe/Berlin","time":null,'
-    '"interval":null}'
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+# The exact bytes syncd registers for this task: no backoff labels without retries (as
+# before they existed), then the content hash and the row's revision (their addition
+# rewrote every schedule once, at the first sync after the upgrade).
+PAYLOAD = (
+    '{"task_name":"reports.build","labels":{"config_id":3,"task_name":"nightly",'
+    '"config_hash":"56e6ef679f754cf37b0272d53c8a311805d74da1d73f5b3f91a99d04f106db43",'
+    '"priority":5,"queue":"default","queue_name":"syncd-queue:default","max_retries":1,'
+    '"retry_on_error":false,"timeout":600,"git_revision":"' + REVISION + '"},"args":[],'
+    '"kwargs":{"region":"eu"},"task_id":null,"schedule_id":"task_3","cron":"30 2 * * *",'
+    '"cron_offset":"Europe/Berlin","time":null,"interval":null}'
 )
 
 
-def test_a_payload_without_retries_is_byte_identical_to_the_one_before_backoff() -> None:
-    payload = build_schedule(3, config(timeout_seconds=600), "default")
+def test_a_payload_is_byte_identical_to_the_one_registered() -> None:
+    payload = build_schedule(3, config(timeout_seconds=600), "default", revision=REVISION)
 
-    assert json.dumps(payload, separators=(",", ":")) == PAYLOAD_BEFORE_BACKOFF
+    assert json.dumps(payload, separators=(",", ":")) == PAYLOAD
+
+
+def test_the_labels_say_which_configuration_and_revision_fired() -> None:
+    task = config(parameters={"region": "us"})
+    labels = schedule_labels(3, task, "default", revision="abc-dirty")
+
+    assert labels["config_hash"] == task.content_hash()
+    assert labels["config_hash"] != config().content_hash()
+    assert labels["git_revision"] == "abc-dirty"
+    # Outside git (no revision) the label is absent, not null.
+    assert "git_revision" not in schedule_labels(3, task, "default")
 
 
 @given(

@@ -40,9 +40,13 @@ def cfg(name: str, **overrides: Any) -> TaskConfig:
 
 
 def desired(
-    *configs: TaskConfig, broken: frozenset[str] = frozenset(), source: str = "a.yaml"
+    *configs: TaskConfig,
+    broken: frozenset[str] = frozenset(),
+    source: str = "a.yaml",
+    revision: str | None = None,
 ) -> Desired:
-    return Desired({c.name: DesiredTask(c, source, 1, source) for c in configs}, broken)
+    tasks = {c.name: DesiredTask(c, source, 1, source) for c in configs}
+    return Desired(tasks, broken, revision=revision)
 
 
 def empty() -> Actual:
@@ -62,9 +66,9 @@ def simulate(the_plan: Plan, want: Desired, actual: Actual) -> Actual:
             del rows[task.name]
         elif task.action == "create":
             ids[task.name], next_id = next_id, next_id + 1
-            rows[task.name] = _row(ids[task.name], want.tasks[task.name])
+            rows[task.name] = _row(ids[task.name], want.tasks[task.name], the_plan.revision)
         elif task.write_row and task.config_id is not None:
-            rows[task.name] = _row(task.config_id, want.tasks[task.name])
+            rows[task.name] = _row(task.config_id, want.tasks[task.name], the_plan.revision)
     schedules = {k: list(v.lists) for k, v in actual.schedules.items()}
     payloads = {k: v.payload for k, v in actual.schedules.items() if v.payload is not None}
     statuses = dict(actual.statuses)
@@ -87,8 +91,10 @@ def simulate(the_plan: Plan, want: Desired, actual: Actual) -> Actual:
     return Actual(rows, records, statuses, actual.unmanaged_names, actual.foreign_ids)
 
 
-def _row(config_id: int, task: DesiredTask) -> Row:
-    return Row(config_id, task.config, task.config.content_hash(), task.source, task.line)
+def _row(config_id: int, task: DesiredTask, revision: str | None) -> Row:
+    """The row DbStore.apply writes: stamped with the plan's revision."""
+    config = task.config
+    return Row(config_id, config, config.content_hash(), task.source, task.line, revision)
 
 
 def converge(want: Desired, actual: Actual) -> tuple[Plan, Actual]:
@@ -161,9 +167,12 @@ def test_backoff_changes_are_field_changes_and_reach_the_schedule_of_a_retrying_
         0.5,
         30.0,
     )
-    # b has no retries: its row changes, its schedule does not.
+    # b has no retries: its row changes, its schedule only by the content hash it carries.
     assert [c.field for c in b.changes] == ["retry_backoff_seconds"]
-    assert (b.write_row, b.schedule_op) == (True, None)
+    assert (b.write_row, b.schedule_op) == (True, "put")
+    assert b.payload is not None
+    assert "retry_backoff" not in b.payload["labels"]
+    assert b.payload["labels"]["config_hash"] == changed.tasks["b"].config.content_hash()
     assert plan(changed, applied, NOW, LAYOUT).is_empty
 
 
@@ -209,6 +218,104 @@ def test_upgrade_rewrites_only_the_schedules_of_tasks_with_retries() -> None:
     assert (retrying.action, retrying.write_row, retrying.schedule_op) == ("noop", False, "put")
     assert codes(retrying.drift) == ["schedule_altered"]
     assert the_plan.summary()["update"] == 0
+
+
+def configs_of(want: Desired) -> tuple[TaskConfig, ...]:
+    return tuple(task.config for task in want.tasks.values())
+
+
+def labels_of(actual: Actual, name: str) -> dict[str, Any]:
+    record = actual.schedules[schedule_id(actual.rows[name].id)]
+    assert record.payload is not None
+    labels: dict[str, Any] = record.payload["labels"]
+    return labels
+
+
+def test_payloads_carry_the_revision_their_row_was_written_at_not_head() -> None:
+    configs = (cfg("a"), cfg("b"))
+    _, at_one = converge(desired(*configs, revision="rev1"), empty())
+    assert labels_of(at_one, "a")["git_revision"] == "rev1"
+    assert labels_of(at_one, "a")["config_hash"] == cfg("a").content_hash()
+
+    # A commit that leaves both tasks alone rewrites nothing.
+    assert plan(desired(*configs, revision="rev2"), at_one, NOW, LAYOUT).is_empty
+
+    # A commit that changes b: b's row and payload get rev3, a keeps rev1.
+    want = desired(cfg("a"), cfg("b", priority=9), revision="rev3")
+    the_plan, at_three = converge(want, at_one)
+    assert [t.name for t in the_plan.changed] == ["b"]
+    assert (labels_of(at_three, "a")["git_revision"], at_three.rows["a"].git_revision) == (
+        "rev1",
+        "rev1",
+    )
+    assert (labels_of(at_three, "b")["git_revision"], at_three.rows["b"].git_revision) == (
+        "rev3",
+        "rev3",
+    )
+    assert plan(desired(*configs_of(want), revision="rev4"), at_three, NOW, LAYOUT).is_empty
+
+
+def test_a_created_task_is_labelled_with_the_plan_revision() -> None:
+    the_plan = plan(desired(cfg("a"), revision="rev1"), empty(), NOW, LAYOUT)
+    (task,) = the_plan.tasks
+    payload = task.schedule_payload(42)
+    assert payload is not None
+    assert payload["labels"]["git_revision"] == "rev1"
+    assert payload["labels"]["config_id"] == 42
+
+
+def test_a_moved_task_follows_its_rewritten_row_without_drift() -> None:
+    _, current = converge(desired(cfg("a"), revision="rev1"), empty())
+    moved = desired(cfg("a"), source="b.yaml", revision="rev2")
+
+    the_plan, after = converge(moved, current)
+
+    (task,) = the_plan.tasks
+    assert (task.action, task.write_row, task.schedule_op) == ("noop", True, "put")
+    assert task.drift == ()
+    assert codes(task.notes) == ["moved"]
+    assert after.rows["a"].git_revision == labels_of(after, "a")["git_revision"] == "rev2"
+    assert plan(moved, after, NOW, LAYOUT).is_empty
+
+
+def test_a_hand_edited_row_is_rewritten_with_the_revision_its_payload_gets() -> None:
+    _, current = converge(desired(cfg("a"), revision="rev1"), empty())
+    edited = replace(current.rows["a"], config=cfg("a", priority=2))
+    current = replace(current, rows={"a": edited})
+    want = desired(cfg("a"), revision="rev2")
+
+    the_plan, after = converge(want, current)
+
+    (task,) = the_plan.tasks
+    assert codes(task.drift) == ["row_edited"]  # the payload's rewrite is no drift of its own
+    assert labels_of(after, "a")["git_revision"] == after.rows["a"].git_revision == "rev2"
+    assert plan(want, after, NOW, LAYOUT).is_empty
+
+
+def test_upgrade_rewrites_every_schedule_once_with_hash_and_revision() -> None:
+    """State left by a syncd before attribution: rows stamped with their revision, payloads
+    without `config_hash` and `git_revision`. Each schedule is put once (drift), no row is
+    written, and the next plan is empty."""
+    want = desired(cfg("a"), cfg("b", max_retries=1), cfg("m", enabled=False), revision="rev1")
+    _, current = converge(want, empty())
+    old = {}
+    for sid, record in current.schedules.items():
+        assert record.payload is not None
+        labels = dict(record.payload["labels"])
+        del labels["config_hash"], labels["git_revision"]
+        old[sid] = replace(record, payload={**record.payload, "labels": labels})
+    before_upgrade = replace(current, schedules=old)
+    head = desired(*configs_of(want), revision="rev2")
+
+    the_plan, after = converge(head, before_upgrade)
+
+    assert [(t.name, t.write_row, t.schedule_op) for t in the_plan.changed] == [
+        ("a", False, "put"),
+        ("b", False, "put"),
+    ]
+    assert all(codes(t.drift) == ["schedule_altered"] for t in the_plan.changed)
+    assert labels_of(after, "a")["git_revision"] == "rev1"  # the row's, not HEAD's
+    assert plan(head, after, NOW, LAYOUT).is_empty
 
 
 def test_delete_removes_row_schedule_and_status() -> None:
@@ -434,6 +541,46 @@ def test_apply_then_plan_again_is_empty(
         assert row.config == goal.tasks[name].config
         if row.id in pause and row.id in statuses:
             assert after.statuses[row.id] == "paused"  # sync never undoes a pause
+
+
+revisions = st.sampled_from([None, "rev1", "rev2", "rev3-dirty"])
+
+
+def relocated(want: Desired, moved: set[str], revision: str | None) -> Desired:
+    tasks = {
+        name: replace(task, source="b.yaml", path="b.yaml") if name in moved else task
+        for name, task in want.tasks.items()
+    }
+    return replace(want, tasks=tasks, revision=revision)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=desired_states,
+    goal=desired_states,
+    revs=st.tuples(revisions, revisions, revisions),
+    moved=st.sets(names),
+)
+def test_across_commits_and_moves_payloads_follow_their_rows_and_converge(
+    start: Desired,
+    goal: Desired,
+    revs: tuple[str | None, str | None, str | None],
+    moved: set[str],
+) -> None:
+    _, actual = converge(replace(start, revision=revs[0]), empty())
+    want = relocated(goal, moved, revs[1])
+    _, after = converge(want, actual)
+    assert plan(want, after, NOW, LAYOUT).is_empty
+    # A later commit that changes no task rewrites nothing.
+    assert plan(replace(want, revision=revs[2]), after, NOW, LAYOUT).is_empty
+    for row in after.rows.values():
+        record = after.schedules.get(schedule_id(row.id))
+        # An expired one-shot's schedule is the scheduler's to send and delete: left alone.
+        live = row.config.is_scheduled and not row.config.has_passed(NOW)
+        if live and record is not None and record.payload is not None:
+            labels = record.payload["labels"]
+            assert labels.get("git_revision") == row.git_revision
+            assert labels["config_hash"] == row.stored_hash
 
 
 @settings(max_examples=200, deadline=None)

@@ -29,6 +29,7 @@ from worker.labels import label_number
 from worker.recording.records import (
     TASK_ID_CHARS,
     Attempt,
+    TaskLabels,
     attempt_number,
     clean_text,
     config_id_label,
@@ -179,6 +180,7 @@ class ExecutionRecorder(TaskiqMiddleware):
         elapsed = None if attempt.clock is None else round(time.monotonic() - attempt.clock, 3)
         error = (attempt.error or result.error) if result.is_err else None
         timeout = label_number(message.labels, "timeout")
+        task = TaskLabels.of(message.labels)
         return Execution(
             config_id=config_id_label(message.labels),
             task_id=clean_text(message.task_id, TASK_ID_CHARS),
@@ -190,6 +192,9 @@ class ExecutionRecorder(TaskiqMiddleware):
             result=None if result.is_err else json_result(result.return_value),
             error_message=None if error is None else error_message(error, timeout, elapsed),
             error_traceback=None if error is None else format_traceback(error),
+            task_name=task.task_name,
+            config_hash=task.config_hash,
+            git_revision=task.git_revision,
         )
 
     def _enqueue(self, record: Execution) -> None:

@@ -3,6 +3,8 @@
 A record is a `syncd.core.model.Execution` (the `task_executions` row type syncd reads
 back): every text is cut to a bound and cleaned of what PostgreSQL refuses (NUL, lone
 surrogates), the result becomes a JSON value, a timeout gets the message the CLI shows.
+The task's name, content hash and git revision come from the message's labels as they
+were when it fired (`TaskLabels`); a label that is not a short string is stored as NULL.
 `record_json` / `record_from_json` are its form in a spool file and in the INSERT.
 """
 
@@ -20,13 +22,15 @@ from typing import Any
 from taskiq import TaskiqMessage
 
 from syncd.core.model import Execution
-from worker.labels import RETRIES_LABEL, label_count, label_number
+from worker.labels import RETRIES_LABEL, label_count, label_number, label_text
 
 MAX_RESULT_BYTES = 64 * 1024
 RESULT_PREVIEW_CHARS = 1000
 MAX_TRACEBACK_CHARS = 20 * 1024
 MAX_MESSAGE_CHARS = 4 * 1024
 TASK_ID_CHARS = 64  # task_executions.task_id is String(64)
+# task_executions.task_name is String(200), config_hash and git_revision String(64).
+TASK_NAME_CHARS, CONFIG_HASH_CHARS, GIT_REVISION_CHARS = 200, 64, 64
 # Results this small and plain are stored without a JSON round trip (json_result).
 PLAIN_NODES, PLAIN_CHARS = 64, 256
 # "\u0000" escapes not preceded by an odd number of backslashes: PostgreSQL's jsonb refuses them.
@@ -43,8 +47,13 @@ WRITTEN = (
     "result",
     "error_message",
     "error_traceback",
+    "task_name",
+    "config_hash",
+    "git_revision",
 )
 _TIMES = ("started_at", "completed_at")
+# Written columns a spool line from an older worker may lack.
+_ADDED = ("task_name", "config_hash", "git_revision")
 
 
 def record_json(record: Execution) -> dict[str, Any]:
@@ -63,11 +72,15 @@ def record_json(record: Execution) -> dict[str, Any]:
         "result": record.result,
         "error_message": record.error_message,
         "error_traceback": record.error_traceback,
+        "task_name": record.task_name,
+        "config_hash": record.config_hash,
+        "git_revision": record.git_revision,
     }
 
 
 def record_from_json(row: dict[str, Any]) -> Execution:
-    values = {name: row[name] for name in WRITTEN}
+    values: dict[str, Any] = {name: row[name] for name in WRITTEN if name not in _ADDED}
+    values.update({name: row.get(name) for name in _ADDED})
     for name in _TIMES:
         values[name] = datetime.fromisoformat(row[name])
     return Execution(**values)
@@ -155,6 +168,23 @@ def format_traceback(exc: BaseException) -> str:
     # traceback, for a task that ran in a child process): keep that end.
     text = "".join(traceback.format_exception(exc))
     return clean_text(text, MAX_TRACEBACK_CHARS, keep_tail=True)
+
+
+@dataclass(frozen=True)
+class TaskLabels:
+    """Which task fired, as its message says: the row's columns of the same names."""
+
+    task_name: str | None
+    config_hash: str | None
+    git_revision: str | None
+
+    @classmethod
+    def of(cls, labels: dict[str, Any]) -> TaskLabels:
+        return cls(
+            label_text(labels, "task_name", TASK_NAME_CHARS),
+            label_text(labels, "config_hash", CONFIG_HASH_CHARS),
+            label_text(labels, "git_revision", GIT_REVISION_CHARS),
+        )
 
 
 def config_id_label(labels: dict[str, Any]) -> int | None:
