@@ -19,7 +19,8 @@ install: $(STAMP)
 # The demo stack runs under the demo operator policy unless SYNCD_POLICY names another.
 run worker scheduler watch: export SYNCD_POLICY ?= $(CURDIR)/policy/demo.yaml
 
-# Validate, migrate, then the daemon (which syncs), the scheduler and a worker, until Ctrl-C.
+# Validate, migrate, then the daemon (which syncs), the scheduler, a worker and the console
+# (http://127.0.0.1:8080/; the first run prints an operator token), until Ctrl-C.
 run: $(STAMP)
 	$(BIN)/syncd validate $(DIR)
 	$(BIN)/syncd up $(DIR)
@@ -57,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sync_bench.py
 	$(BIN)/python bench/watch_bench.py
 	$(BIN)/python bench/worker_bench.py
+	$(BIN)/python bench/api_bench.py $(if $(FULL),--full)
 
 schema: $(STAMP)
 	$(BIN)/syncd schema > schemas/taskdef.schema.json

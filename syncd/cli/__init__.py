@@ -25,6 +25,7 @@ from syncd.core.errors import SyncdError, UsageError
 DEFAULT_DIR = "taskdefs"
 DEFAULT_HISTORY_LIMIT = 50
 DEFAULT_HTTP_PORT = 9464  # the daemon's /healthz and /metrics
+DEFAULT_CONSOLE_PORT = 8080  # `syncd serve`
 
 Command = Callable[[argparse.Namespace], int]
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name")
         store_flags(sub)
 
+    _token_commands(commands)
+    _serve_command(commands)
+
     up = _command(
         commands,
         "up",
@@ -92,7 +96,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("dir", nargs="?", default=DEFAULT_DIR)
     up.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    up.add_argument(
+        "--console-port",
+        type=int,
+        default=DEFAULT_CONSOLE_PORT,
+        help=f"port of `syncd serve` (default {DEFAULT_CONSOLE_PORT}; 0: no console)",
+    )
     return parser
+
+
+def _serve_command(commands: _Commands) -> None:
+    serve = _command(
+        commands, "serve", "serve:cmd_serve", "the HTTP API (/api/v1) and the web console"
+    )
+    serve.add_argument("dir", nargs="?", default=DEFAULT_DIR)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    serve.add_argument("--port", type=int, default=DEFAULT_CONSOLE_PORT)
+    serve.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the session cookie Secure (TLS ends at a proxy in front of syncd)",
+    )
+    serve.add_argument(
+        "--max-streams", type=_positive, default=32, help="concurrent event streams (default 32)"
+    )
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
+    )
+    store_flags(serve)
 
 
 def _watch_command(commands: _Commands) -> None:
@@ -156,6 +187,27 @@ def _inspect_commands(commands: _Commands) -> None:
     )  # fmt: skip
     history.add_argument("--format", choices=("text", "json"), default="text")
     store_flags(history)
+
+
+def _token_commands(commands: _Commands) -> None:
+    token = commands.add_parser("token", help="bearer tokens of the HTTP API and console")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = _command(
+        actions, "create", "tokens:cmd_create", "make a token and print it (shown only once)"
+    )
+    create.add_argument("name", help="1-100 of A-Z a-z 0-9 . _ @ -")
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=("viewer", "operator"),  # schemas.tables.API_ROLES, which loads SQLAlchemy
+        help="viewer: read only; operator: also pause, resume and run",
+    )
+    listing = _command(actions, "list", "tokens:cmd_list", "every token, revoked ones too")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    revoke = _command(actions, "revoke", "tokens:cmd_revoke", "revoke a token for good")
+    revoke.add_argument("name")
+    for sub in (create, listing, revoke):  # PostgreSQL only
+        sub.add_argument("--database-url", help="SQLAlchemy URL (default: $SYNCD_DATABASE_URL)")
 
 
 def _command(commands: _Commands, name: str, handler: str, text: str) -> argparse.ArgumentParser:

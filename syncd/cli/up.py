@@ -1,9 +1,11 @@
 """`syncd up`: everything on one machine, in the foreground, for a first look or a demo.
 
 Checks that PostgreSQL and Redis answer (and says exactly what to do when they don't),
-migrates, then runs the daemon (whose first reconcile syncs the taskdefs), the scheduler
-and a worker as child processes with prefixed output until Ctrl-C. Production runs these
-processes separately (README: Deployment); this module only supervises them.
+migrates, then runs the daemon (whose first reconcile syncs the taskdefs), the scheduler,
+a worker and the console (`syncd serve`) as child processes with prefixed output until
+Ctrl-C. With no API token yet, it makes a first operator token and prints it once.
+Production runs these processes separately (README: Deployment); this module only
+supervises them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,9 +25,11 @@ from typing import IO
 
 from schemas.text import visible
 from syncd.adapters.migrate import migrate
+from syncd.adapters.pg import one_off_engine, parse_url
 from syncd.adapters.redis import RedisStore
+from syncd.adapters.tokens import TokenStore
 from syncd.cli.options import load_settings
-from syncd.core.errors import StoreUnavailable
+from syncd.core.errors import StoreUnavailable, SyncdError
 from syncd.core.settings import Settings
 from worker.runner import die_with_parent
 
@@ -32,6 +37,8 @@ from worker.runner import die_with_parent
 STOP_MARGIN_SECONDS = 1.5
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS = "redis-server --daemonize yes --port 6379 --save '' --appendonly no"
+FIRST_TOKEN_NAME = "console-operator"  # noqa: S105 - a name, not a secret
+TOKEN_COMMAND = "syncd token create NAME --role operator"  # noqa: S105 - advice
 
 
 def prepare_stores(settings: Settings) -> list[str]:
@@ -57,8 +64,9 @@ def prepare_stores(settings: Settings) -> list[str]:
     return advice
 
 
-def processes(taskdefs: str, http_port: int) -> dict[str, list[str]]:
+def processes(taskdefs: str, http_port: int, console_port: int = 0) -> dict[str, list[str]]:
     python = sys.executable
+    console = [python, "-m", "syncd.cli", "serve", taskdefs, "--port", str(console_port)]
     return {
         "watch": [python, "-m", "syncd.cli", "watch", taskdefs, "--http-port", str(http_port)],
         "scheduler": [
@@ -71,7 +79,34 @@ def processes(taskdefs: str, http_port: int) -> dict[str, list[str]]:
             "1",
         ],
         "worker": [python, "-m", "taskiq", "worker", "worker.app:broker", "--workers", "1"],
+        **({"console": console} if console_port else {}),
     }
+
+
+def port_is_free(port: int) -> bool:
+    """Whether the console could listen on 127.0.0.1:`port` now (a taken port would end
+    the console at once, and with it the whole stack)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def first_token(settings: Settings) -> str:
+    """How to log in to the console: a new operator token when none is active (printed
+    this once), else how to make one; never an existing token (only hashes are kept)."""
+    store = TokenStore(one_off_engine(parse_url(settings.database_url)))
+    try:
+        if any(token.revoked_at is None for token in store.list()):
+            return f"log in with an API token (`{TOKEN_COMMAND}` makes another)"
+        token = store.create(FIRST_TOKEN_NAME, "operator")
+    except SyncdError as exc:
+        return f"no API token yet ({visible(str(exc))}); make one with `{TOKEN_COMMAND}`"
+    finally:
+        store.close()
+    return f"first operator token {FIRST_TOKEN_NAME!r} (shown once; log in with it):\n  {token}"
 
 
 def _pump(name: str, stream: IO[bytes]) -> None:
@@ -145,7 +180,7 @@ def demo_directory() -> None:
         sales.write_text("day,amount\nmon,120.5\ntue,98\nwed,143.25\n")
 
 
-def up(taskdefs: str, http_port: int) -> int:
+def up(taskdefs: str, http_port: int, console_port: int = 0) -> int:
     settings = load_settings()
     advice = prepare_stores(settings)
     if advice:
@@ -158,8 +193,18 @@ def up(taskdefs: str, http_port: int) -> int:
         f"stores ok; starting daemon, scheduler and worker on {taskdefs} (Ctrl-C stops)",
         file=sys.stderr,
     )
-    return supervise(processes(taskdefs, http_port), settings.shutdown_grace_seconds)
+    if console_port and not port_is_free(console_port):
+        print(
+            f"warning: port {console_port} is taken: no console (`--console-port N` picks another)",
+            file=sys.stderr,
+        )
+        console_port = 0
+    if console_port:
+        print(f"console: http://127.0.0.1:{console_port}/", file=sys.stderr)
+        print(first_token(settings), file=sys.stderr, flush=True)
+    commands = processes(taskdefs, http_port, console_port)
+    return supervise(commands, settings.shutdown_grace_seconds)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    return up(args.dir, args.http_port)
+    return up(args.dir, args.http_port, args.console_port)
