@@ -238,11 +238,14 @@ class RedisStore:
         if isinstance(op, PutSchedule):
             sid = op.schedule_id
             pipe.set(_raw(layout.data_key(sid)), json.dumps(op.payload, separators=(",", ":")))
-            # Already listed exactly once in the right list (read under the sync lock): only
-            # the data changed. LREM scans the whole list, so skipping it keeps bulk updates
-            # linear instead of quadratic.
+            # LREM scans a whole list, so it is sent only for the lists the read under the
+            # sync lock found the id in: nothing else adds to the index lists (the scheduler
+            # only removes one-shots it sent), so a list the read did not find it in does not
+            # hold it now. Updates (already listed once in the right list) and new schedules
+            # (listed nowhere) cost no scan, and bulk writes stay linear instead of quadratic.
             if op.current_lists != (op.index_key,):
-                _lrem_all(pipe, sid, {*op.current_lists, op.index_key})
+                if op.current_lists:
+                    _lrem_all(pipe, sid, set(op.current_lists))
                 pipe.rpush(_raw(op.index_key), _raw(sid))
         elif isinstance(op, RemoveSchedule):
             pipe.delete(_raw(layout.data_key(op.schedule_id)))

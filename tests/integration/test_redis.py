@@ -113,12 +113,29 @@ def test_data_is_compact_json(store: RedisStore, raw: redis.Redis) -> None:
     assert stored == json.dumps(payload, separators=(",", ":")).encode()
 
 
-def test_putting_same_id_twice_lists_it_once(store: RedisStore) -> None:
+def test_a_put_repairs_the_duplicates_the_read_shows(store: RedisStore) -> None:
     payload = payload_of(1, cron_config())
+    # Two puts that both say "listed nowhere" (what the read shows is the contract).
     store.apply([put(payload), put(payload)])
+    assert store.read_schedules()["task_1"].lists == (LAYOUT.cron_key, LAYOUT.cron_key)
     store.apply([put(payload, store.read_schedules()["task_1"].lists)])
 
     assert store.read_schedules()["task_1"].lists == (LAYOUT.cron_key,)
+
+
+def test_new_and_updated_schedules_scan_no_list(store: RedisStore, raw: redis.Redis) -> None:
+    """LREM walks a whole list: a bulk of new schedules must not send one per schedule
+    (quadratic at 100,000), nor an update of a schedule already listed right."""
+    ops = [put(payload_of(i, cron_config(f"t{i}"))) for i in range(1, 501)]
+    raw.config_resetstat()
+    store.apply(ops)
+    records = store.read_schedules()
+    store.apply([put(payload_of(i, cron_config(f"u{i}")), records[schedule_id(i)].lists)
+                 for i in range(1, 501)])  # fmt: skip
+
+    assert "cmdstat_lrem" not in raw.info("commandstats")
+    assert len(store.read_schedules()) == 500
+    assert all(r.lists == (LAYOUT.cron_key,) for r in store.read_schedules().values())
 
 
 def test_cron_to_interval_moves_the_id(store: RedisStore) -> None:
