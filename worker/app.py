@@ -5,8 +5,10 @@ configures every process:
     taskiq worker worker.app:broker                            # run tasks, record outcomes
     taskiq scheduler worker.app:scheduler --update-interval 1  # fire schedules
 
-`--update-interval 1` is cheap: an unchanged refresh is one Redis GET (see
-worker/schedule_source.py), and it makes a sync take effect within about a second.
+The scheduler is taskiq's loop with syncd's sending step (`worker/delivery.py`: bounded,
+retried, counted on `SYNCD_SCHEDULER_METRICS_PORT`). `--update-interval 1` is cheap: an
+unchanged refresh is one Redis GET (see worker/schedule_source.py), and it makes a sync take
+effect within about a second.
 
 taskiq's command line configures logging before it imports this module; its handlers get
 a SafeFormatter here (and again at worker start-up, for logging configured later), so a
@@ -15,11 +17,12 @@ message or an exception a task controls reaches the log as one visible line.
 
 from __future__ import annotations
 
-from taskiq import TaskiqEvents, TaskiqScheduler, TaskiqState
+from taskiq import TaskiqEvents, TaskiqState
 
 from syncd.core.logtext import make_handlers_safe
 from syncd.core.settings import Settings
 from worker.broker import make_broker
+from worker.delivery import DeliveringScheduler
 from worker.metrics import metrics_from_settings
 from worker.recording import recorder_from_settings
 from worker.schedule_source import SyncdScheduleSource
@@ -37,4 +40,9 @@ async def _safe_logs(state: TaskiqState) -> None:
 
 
 broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, _safe_logs)
-scheduler = TaskiqScheduler(broker, [SyncdScheduleSource(settings.redis_url, settings.layout)])
+scheduler = DeliveringScheduler(
+    broker,
+    SyncdScheduleSource(settings.redis_url, settings.layout),
+    metrics_port=settings.scheduler_metrics_port,
+    metrics_host=settings.worker_metrics_host,
+)

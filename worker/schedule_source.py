@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,23 @@ from schemas.cron import CronError, normalize_cron
 from syncd.core.keys import KeyLayout
 
 logger = logging.getLogger("syncd.scheduler")
+
+CLAIMED, TAKEN, NOT_ACTIVE = "claimed", "taken", "not active"
+
+# Status check and claim in one round trip, atomically: a pause that lands first is seen.
+# The claim holds a token, so a sender whose reply was lost can tell its own claim from
+# another scheduler's when it asks again.
+_CLAIM_SCRIPT = """
+local status = redis.call('GET', KEYS[1])
+if status ~= 'active' then return 'status:' .. tostring(status) end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 'claimed' end
+return 'taken'
+"""
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class SyncdScheduleSource(ListRedisScheduleSource):
@@ -107,19 +125,42 @@ class SyncdScheduleSource(ListRedisScheduleSource):
 
     async def pre_send(self, task: ScheduledTask) -> None:
         """Cancel the fire unless the task is active and no other scheduler claimed it."""
-        config_id = task.labels.get("config_id")
-        async with self._redis() as redis:
-            status = await redis.get(self.layout.status_key(int(config_id))) if config_id else None
-            if status != b"active":
-                logger.info("not sending %s: status %r", task.schedule_id, status)
-                raise ScheduledTaskCancelledError
-            slot, ttl_ms = fire_slot(task, datetime.now(UTC))
-            claimed = await redis.set(
-                self.layout.fire_key(task.schedule_id, slot), b"1", nx=True, px=ttl_ms
-            )
-        if not claimed:
-            logger.info("not sending %s: slot %s sent by another scheduler", task.schedule_id, slot)
+        outcome = await self.claim(task, secrets.token_hex(16), datetime.now(UTC))
+        if outcome != CLAIMED:
             raise ScheduledTaskCancelledError
+
+    async def claim(self, task: ScheduledTask, token: str, due: datetime) -> str:
+        """Claim the fire of `task` due at `due` for `token`, in one round trip.
+
+        CLAIMED when the task's status is `active` and the fire's slot was free or already
+        held by `token` (a retry whose first reply was lost); TAKEN when another sender holds
+        it; `NOT_ACTIVE` when the status is anything else. Raises RedisError/OSError when
+        Redis cannot answer: whether the claim happened is then unknown, and claiming again
+        with the same token settles it.
+        """
+        config_id = task.labels.get("config_id")
+        if not isinstance(config_id, int) or isinstance(config_id, bool):
+            logger.info("not sending %s: no config id", task.schedule_id)
+            return NOT_ACTIVE
+        slot, ttl_ms = fire_slot(task, due)
+        keys = [self.layout.status_key(config_id), self.layout.fire_key(task.schedule_id, slot)]
+        async with self._redis() as redis:
+            found = await redis.eval(_CLAIM_SCRIPT, 2, *keys, token, ttl_ms)
+        outcome = found.decode() if isinstance(found, bytes) else str(found)
+        if outcome.startswith("status:"):
+            logger.info("not sending %s: %s", task.schedule_id, outcome)
+            return NOT_ACTIVE
+        if outcome == TAKEN:
+            logger.info("not sending %s: slot %s sent by another scheduler", task.schedule_id, slot)
+        return outcome
+
+    async def release(self, task: ScheduledTask, token: str, due: datetime) -> None:
+        """Give back a claim `token` holds (its send failed), so a retry can take it."""
+        slot, _ = fire_slot(task, due)
+        async with self._redis() as redis:
+            await redis.eval(
+                _RELEASE_SCRIPT, 1, self.layout.fire_key(task.schedule_id, slot), token
+            )
 
     async def shutdown(self) -> None:
         # taskiq-redis leaves its pool open (a ResourceWarning): close it.

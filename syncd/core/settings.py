@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # SYNCD_WORKER_METRICS_HOST=0.0.0.0 for a scraper on another machine.
     worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
+    # Prometheus /metrics of the scheduler (fires sent, taken, failed; send retries); 0
+    # disables. A second scheduler on the same host finds it taken and runs without.
+    scheduler_metrics_port: int = Field(default=9466, ge=0, le=65535)
 
     # The operator policy file: what taskdefs may make workers do (file roots, webhook
     # egress, limits). None: the safe defaults.
