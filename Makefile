@@ -59,6 +59,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/watch_bench.py
 	$(BIN)/python bench/worker_bench.py
 	$(BIN)/python bench/api_bench.py $(if $(FULL),--full)
+	$(BIN)/python bench/scale_bench.py $(if $(FULL),--with-100k)
+	$(BIN)/python bench/scheduler_bench.py --due $(if $(FULL),50000,10000)
 
 schema: $(STAMP)
 	$(BIN)/syncd schema > schemas/taskdef.schema.json
