@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.text import visible
 from syncd.api.config import ServeConfig
-from syncd.api.errors import Unauthenticated, http_status
+from syncd.api.errors import BadRequest, Unauthenticated, http_status
 from syncd.api.routes_api import router as api_router
 from syncd.api.routes_console import router as console_router
 from syncd.api.services import Services
@@ -66,6 +67,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.services = services
     app.add_exception_handler(SyncdError, _on_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _on_invalid_request)  # type: ignore[arg-type]
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -107,6 +109,16 @@ def _on_error(request: Request, error: SyncdError) -> Response:
         return _page_error(request, error, status, message)
     headers = {"WWW-Authenticate": 'Bearer realm="syncd"'} if status == 401 else None
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
+
+
+def _on_invalid_request(request: Request, error: RequestValidationError) -> Response:
+    """A query parameter out of range is a bad request like any other: the same error
+    shape (`bad_request`, 400) for the API, the error page for the console."""
+    problems = [
+        f"{'.'.join(str(part) for part in problem.get('loc', ())[1:])}: {problem.get('msg', '')}"
+        for problem in error.errors()
+    ]
+    return _on_error(request, BadRequest("; ".join(problems) or "invalid request"))
 
 
 def _page_error(request: Request, error: SyncdError, status: int, message: str) -> Response:

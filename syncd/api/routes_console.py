@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import RedirectResponse, Response
@@ -37,6 +37,8 @@ from syncd.views.history import execution_json
 router = APIRouter(include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
 CHART_RUNS = 50
+TASKS_PER_PAGE = 100
+MAX_TASKS_PER_PAGE = 1000
 STATE_CHOICES = ("active", "paused", "inactive", "missing",
                  "in_sync", "changed_in_git", "drift", "frozen", "expired")  # fmt: skip
 
@@ -153,13 +155,20 @@ def tasks_page(
     queue: str = "",
     task_type: str = "",
     q: str = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_TASKS_PER_PAGE)] = TASKS_PER_PAGE,
 ) -> Response:
+    """The task list, a page at a time: a browser lays out ten thousand table rows in
+    seconds, and nobody reads them; the filters find a task, the pages go through them."""
     every = svc.board.rows()
     rows = filtered(every, TaskQuery((state,) if state else (), queue, task_type, q))
+    filters = {"state": state, "queue": queue, "task_type": task_type, "q": q}
     context = {
-        "rows": rows,
+        "rows": rows[(page - 1) * per_page : page * per_page],
+        "matched": len(rows),
         "total": len(every),
-        "filters": {"state": state, "queue": queue, "task_type": task_type, "q": q},
+        "pages": task_pages(filters, page, per_page, len(rows)),
+        "filters": filters,
         "states": STATE_CHOICES,
         "queues": sorted({row["queue"] for row in every}),
         "task_types": sorted({row["task_type"] for row in every}),
@@ -167,6 +176,26 @@ def tasks_page(
         "window": svc.board.recent_runs,
     }
     return render(request, "tasks.html", context)
+
+
+def task_pages(filters: dict[str, str], page: int, per_page: int, matched: int) -> dict[str, Any]:
+    """Where this page starts and ends, and the links to the pages around it."""
+    last_page = max(1, -(-matched // per_page))
+    kept = {key: value for key, value in filters.items() if value}
+    if per_page != TASKS_PER_PAGE:
+        kept["per_page"] = str(per_page)
+
+    def link(number: int) -> str:
+        return "/tasks?" + urlencode({**kept, "page": str(number)} if number > 1 else kept)
+
+    return {
+        "first": min(matched, (page - 1) * per_page + 1),
+        "last": min(matched, page * per_page),
+        "page": page,
+        "count": last_page,
+        "previous": link(min(page - 1, last_page)) if page > 1 else None,
+        "next": link(page + 1) if page < last_page else None,
+    }
 
 
 @router.get("/tasks/{name}")

@@ -230,6 +230,33 @@ def test_tasks_lists_every_task_by_name_with_filters(synced: Cli) -> None:
         assert alpha["drift"] == ["schedule_missing"]
 
 
+def test_the_task_list_page_goes_a_page_at_a_time_keeping_its_filters(synced: Cli) -> None:
+    token = make_token(synced, "reader", "viewer")
+    with serving(synced) as server:
+        jar, _ = log_in(server, token)
+
+        def shown(query: str) -> tuple[list[str], str]:
+            page = server.get(f"/tasks?{query}", jar=jar)
+            assert page.status == 200, page.text
+            return re.findall(r'<tr data-name="([^"]+)"', page.text), page.text
+
+        assert shown("")[0] == ["alpha", "beta", "gamma-manual"]  # one page: no pager
+        assert 'class="pager"' not in shown("")[1]
+        first, text = shown("per_page=2")
+        assert first == ["alpha", "beta"]
+        assert "1–2 of 3 · page 1 of 2" in text
+        assert 'rel="next" href="/tasks?per_page=2&amp;page=2"' in text
+        second, text = shown("per_page=2&page=2")
+        assert second == ["gamma-manual"]
+        assert 'rel="prev" href="/tasks?per_page=2"' in text
+        assert shown("q=noop&per_page=1&page=2")[0] == ["gamma-manual"]
+        assert 'href="/tasks?q=noop&amp;per_page=1&amp;page=2"' in shown("q=noop&per_page=1")[1]
+        beyond, text = shown("page=9")
+        assert beyond == []
+        assert "No task on this page" in text
+        assert server.get("/tasks?per_page=0", jar=jar).status == 400
+
+
 def test_task_detail_is_the_explain_view(synced: Cli) -> None:
     token = make_token(synced, "operator", "operator")
     insert_runs(synced, "alpha", 3)
@@ -300,7 +327,10 @@ def test_executions_filters_and_keyset_pages(synced: Cli) -> None:
         assert len(page("since=3h&limit=500")["executions"]) == 120
         assert len(page("until=3h&limit=500")["executions"]) == 80
         assert page("task=nobody")["executions"] == []
-        assert server.get("/api/v1/executions?limit=501", token).status == 422
+        too_many = server.get("/api/v1/executions?limit=501", token)
+        assert too_many.status == 400
+        assert too_many.json()["error"]["code"] == "bad_request"
+        assert "limit" in too_many.json()["error"]["message"]
         bad = server.get("/api/v1/executions?cursor=bm90LWEtY3Vyc29y", token)
         assert bad.status == 400
         assert bad.json()["error"]["code"] == "bad_request"
