@@ -10,12 +10,13 @@ connection pools ("No connection available") and those fires were simply not sen
   waits for its turn here instead of failing for want of a connection;
 - the status check and the claim are one round trip (`SyncdScheduleSource.claim`), with a
   token, so asking again after a lost reply recognises the sender's own claim;
-- a send that fails (Redis away, an error reply) gives its claim back and is retried with
-  backoff until its time is up: a cron fire until the end of its minute, others for a
-  minute at most. Each retry and each fire given up is counted
-  (`syncd_scheduler_send_retries_total`, `syncd_scheduler_fires_total{result="failed"}`)
-  and logged. A fire keeps one task id across its retries, so a retry after a reply that
-  was lost (the message was in fact added) is recorded once by the worker's recorder.
+- a send that fails (Redis away, an error reply) is retried with backoff until its time is
+  up: a cron fire until the end of its minute, an interval's while its claim lasts, a
+  one-shot's for a minute. A send Redis refused gives its claim back first. Each retry
+  and each fire given up is counted (`syncd_scheduler_send_retries_total`,
+  `syncd_scheduler_fires_total{result="failed"}`) and logged. A fire keeps one task id
+  across its retries, so a retry after a reply that was lost (the message was in fact
+  added) is recorded once by the worker's recorder.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from taskiq import AsyncBroker, ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 
 from worker.metrics import MetricsServer, serve_metrics
-from worker.schedule_source import CLAIMED, SyncdScheduleSource
+from worker.schedule_source import CLAIMED, SyncdScheduleSource, fire_slot
 
 logger = logging.getLogger("syncd.scheduler")
 
@@ -117,8 +118,14 @@ class DeliveringScheduler(TaskiqScheduler):
             await super().on_ready(source, task)
             return
         fire = self._fire(task)
-        async with self._turns:
-            sent = await self._deliver(source, fire)
+        try:
+            async with self._turns:
+                sent = await self._deliver(source, fire)
+        except Exception:
+            # Anything else escaping here would end as "Task exception was never retrieved".
+            self.metrics.fires.labels("failed").inc()
+            logger.exception("schedule %s NOT SENT: unexpected error", task.schedule_id)
+            return
         if sent:
             await self._after_send(source, task)
 
@@ -127,6 +134,8 @@ class DeliveringScheduler(TaskiqScheduler):
         window = self._retry_window
         if task.cron is not None:  # the claim's slot is this minute: retry within it only
             window = min(window, 60.0 - due.second - due.microsecond / 1e6)
+        elif task.interval is not None:  # the claim lasts a little less than the interval
+            window = min(window, max(0.5, fire_slot(task, due)[1] / 1000))
         task_id = task.task_id or self.broker.id_generator()
         return _Fire(task, due, secrets.token_hex(16), task_id, time.monotonic() + window)
 
@@ -168,11 +177,15 @@ class DeliveringScheduler(TaskiqScheduler):
                 .with_task_id(task_id=fire.task_id)
                 .kiq(*task.args, **task.kwargs)
             )
-        except _SEND_ERRORS:
-            # Give the claim back, so the retry (of this or another scheduler) can send it.
-            # If Redis is away, the retry's claim with the same token still matches.
-            with contextlib.suppress(RedisError, OSError):
-                await source.release(task, fire.token, fire.due)
+        except _SEND_ERRORS as exc:
+            # Redis refused the message (an error reply): nothing was written, so the claim
+            # is given back and another scheduler may send it if this one gives up. Any
+            # other failure (a timeout, a dropped connection) may have written it: the
+            # claim stays ours, and the retry, which claims with the same token, sends it
+            # with the same task id (recorded once even if both copies arrive).
+            if isinstance(exc.__cause__ or exc, ResponseError):
+                with contextlib.suppress(RedisError, OSError):
+                    await source.release(task, fire.token, fire.due)
             raise
         self.metrics.fires.labels("sent").inc()
         return True
@@ -181,6 +194,6 @@ class DeliveringScheduler(TaskiqScheduler):
         """Remove a one-shot that was sent; a failure here is no reason to send it again."""
         try:
             await source.post_send(task)
-        except (RedisError, OSError) as exc:
+        except Exception:
             # Its claim lasts a week: no scheduler sends it again meanwhile.
-            logger.warning("schedule %s sent but not removed (%s)", task.schedule_id, exc)
+            logger.exception("schedule %s sent but not removed", task.schedule_id)

@@ -177,14 +177,17 @@ def fire_slot(task: ScheduledTask, now: datetime) -> tuple[str, int]:
 
     Cron fires once per minute: the minute is the slot. An interval fires every N s: the
     first scheduler to fire claims the schedule for most of an interval, so another one
-    whose clock is a little off does not fire it again. A one-shot fires once, ever.
+    whose clock is a little off does not fire it again. A one-shot fires once for its time:
+    the slot names that time, so a one-shot moved to a later `at` (same schedule id) fires
+    again instead of finding the old claim.
     """
     if task.cron is not None:
         return now.strftime("%Y%m%d%H%M"), 120_000
     if task.interval is not None:
         seconds = task.interval if isinstance(task.interval, int) else task.interval.total_seconds()
         return "interval", max(500, math.floor(seconds * 1000) - 500)
-    return "once", 7 * 24 * 3600 * 1000
+    when = task.time.astimezone(UTC).strftime("%Y%m%d%H%M") if task.time else "unknown"
+    return f"once:{when}", 7 * 24 * 3600 * 1000
 
 
 def is_runnable(task: ScheduledTask) -> bool:

@@ -171,3 +171,21 @@ async def test_a_claim_recognises_its_own_token_after_a_lost_reply(
         assert await source.claim(due_task(3), "other", now) == CLAIMED
     finally:
         await source.shutdown()
+
+
+async def test_a_one_shot_moved_to_a_later_time_is_claimed_again(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    set_statuses(raw, {5: "active"})
+    source = SyncdScheduleSource(redis_url, LAYOUT)
+    now = datetime.now(UTC)
+    first = due_task(5, {"interval": 60}).model_copy(
+        update={"interval": None, "time": datetime(2030, 1, 1, 9, 0, tzinfo=UTC)}
+    )
+    moved = first.model_copy(update={"time": datetime(2030, 1, 2, 9, 0, tzinfo=UTC)})
+    try:
+        assert await source.claim(first, "a", now) == CLAIMED
+        assert await source.claim(first, "b", now) == TAKEN  # the same fire: sent once
+        assert await source.claim(moved, "b", now) == CLAIMED  # a new time: a new fire
+    finally:
+        await source.shutdown()
