@@ -234,7 +234,9 @@ class TaskBoard:
     def _apply_runs(self, snapshot: Snapshot, runs: Iterable[Execution]) -> set[int]:
         touched: set[int] = set()
         for run in runs:
-            if run.config_id is None:
+            # A run the snapshot's own reads included (the poller may start from an older
+            # id) is announced again but must not be counted twice.
+            if run.config_id is None or (run.id or 0) <= snapshot.seen_up_to:
                 continue
             latest = snapshot.last_runs.get(run.config_id)
             if latest is None or _order(run) >= _order(latest):

@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -115,21 +115,29 @@ class EventHub:
                 self.close(stream)
 
 
-async def event_lines(stream: Stream, hub: EventHub) -> AsyncIterator[str]:
-    """The text of one SSE response; ends when the client leaves (the server cancels it)
-    or falls too far behind (it is told to reload)."""
+async def event_lines(
+    stream: Stream, hub: EventHub, still_allowed: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """The text of one SSE response; ends when the client leaves (the server cancels it),
+    falls too far behind, or may no longer read (logged out, token revoked, session
+    expired: asked every `KEEPALIVE_SECONDS`, busy or not); the last two are told to reload."""
     try:
         yield "retry: 3000\n\n"
+        checked = time.monotonic()
         while True:
             if stream.overflowed:
                 yield Event("reload", {"reason": "too many events; reload the page"}).encode()
                 return
             try:
-                event = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_SECONDS)
+                line = (await asyncio.wait_for(stream.queue.get(), KEEPALIVE_SECONDS)).encode()
             except TimeoutError:
-                yield ": keepalive\n\n"
-                continue
-            yield event.encode()
+                line = ": keepalive\n\n"
+            if time.monotonic() - checked >= KEEPALIVE_SECONDS:
+                if not await still_allowed():
+                    yield Event("reload", {"reason": "signed out; reload the page"}).encode()
+                    return
+                checked = time.monotonic()
+            yield line
     finally:
         hub.close(stream)
 
@@ -176,6 +184,8 @@ class Poller:
                 self.poll_once()
             except SyncdError as exc:  # a store is away: try again at the next tick
                 log.warning("poll failed: %s", exc)
+            except Exception:  # a bug must not end live updates for good
+                log.exception("poll failed")
 
     def _is_watched(self) -> bool:
         recently_read = time.monotonic() - self._board.last_used < IDLE_AFTER_SECONDS

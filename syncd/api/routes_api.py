@@ -13,9 +13,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from syncd.api.auth import Principal, operator, viewer
+from syncd.api.auth import Principal, authenticate, operator, viewer
 from syncd.api.board import encode
-from syncd.api.errors import BadRequest
+from syncd.api.errors import BadRequest, Unauthenticated
 from syncd.api.events import event_lines
 from syncd.api.models import (
     ActionResult,
@@ -28,6 +28,7 @@ from syncd.api.models import (
 from syncd.api.queries import MAX_PAGE, Cursor, ExecutionFilter, executions_page
 from syncd.api.reads import TaskQuery, explain_json, plan_json
 from syncd.api.services import Services, services
+from syncd.core.errors import SyncdError
 from syncd.inspection import explanation, planned_task
 from syncd.operate import pause, resume, trigger
 from syncd.views.history import execution_json, parse_since
@@ -180,5 +181,19 @@ async def events(request: Request, _: Viewer) -> StreamingResponse:
     stream = svc.hub.open()
     headers = {"X-Accel-Buffering": "no"}  # a proxy must not hold events back
     return StreamingResponse(
-        event_lines(stream, svc.hub), media_type="text/event-stream", headers=headers
+        event_lines(stream, svc.hub, lambda: still_authenticated(request)),
+        media_type="text/event-stream",
+        headers=headers,
     )
+
+
+async def still_authenticated(request: Request) -> bool:
+    """Whether the caller that opened a stream may still read (asked at each keepalive);
+    a store that cannot answer is no reason to end it."""
+    try:
+        await run_in_threadpool(authenticate, request)
+    except Unauthenticated:
+        return False
+    except SyncdError:
+        return True
+    return True

@@ -109,7 +109,13 @@ def logout(request: Request, svc: Svc, who: Poster) -> Response:
     if who.session is not None:
         svc.sessions.drop(who.session.id)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(session_cookie_name(request), path="/")
+    response.delete_cookie(
+        session_cookie_name(request),
+        path="/",
+        secure=is_secure(request),
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 

@@ -575,6 +575,21 @@ def test_event_streams_are_bounded_and_freed_on_disconnect(synced: Cli) -> None:
         wait_for(lambda: stream_opens(server, token), 25, "the slot to be freed")
 
 
+def test_an_open_stream_ends_when_its_token_is_revoked(synced: Cli) -> None:
+    token = make_token(synced, "leaving", "viewer")
+    with serving(synced) as server:
+        req = urllib.request.Request(server.base + "/api/v1/events",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=40) as stream:
+            assert stream.readline() == b"retry: 3000\n"
+            synced.run("token", "revoke", "leaving", check=True)
+            started = time.monotonic()
+            rest = stream.read().decode()  # until the server ends the response
+        assert "event: reload" in rest
+        assert "signed out" in rest
+        assert time.monotonic() - started < 35  # within two keepalives
+
+
 def stream_opens(server: Server, token: str) -> bool:
     req = urllib.request.Request(server.base + "/api/v1/events",
                                  headers={"Authorization": f"Bearer {token}"})  # fmt: skip
