@@ -32,10 +32,6 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def duration(seconds: float | None) -> str:
-    return format_duration(seconds)
-
-
 def percent(rate: float | None) -> str:
     return EMPTY if rate is None else f"{round(rate * 100)} %"
 
@@ -87,7 +83,8 @@ def duration_chart(executions: Sequence[dict[str, Any]]) -> Chart | None:
     for index, run in enumerate(runs):
         seconds = run["duration_seconds"] or 0.0
         height = max(2.0, (CHART_HEIGHT - 4) * seconds / longest)
-        label = f"{utc(run['completed_at'])}: {run['outcome']}, {duration(run['duration_seconds'])}"
+        took = format_duration(run["duration_seconds"])
+        label = f"{utc(run['completed_at'])}: {run['outcome']}, {took}"
         bars.append(
             Bar(
                 x=round(index * slot, 2),
@@ -98,4 +95,4 @@ def duration_chart(executions: Sequence[dict[str, Any]]) -> Chart | None:
                 label=label,
             )
         )
-    return Chart(bars, CHART_WIDTH, CHART_HEIGHT, duration(longest))
+    return Chart(bars, CHART_WIDTH, CHART_HEIGHT, format_duration(longest))

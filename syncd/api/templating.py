@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from starlette.requests import Request
 
 from syncd.api import presenters
+from syncd.views.text import format_duration
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -27,7 +28,7 @@ environment = jinja2.Environment(
 environment.filters.update(
     pretty=presenters.pretty,
     utc=presenters.utc,
-    duration=presenters.duration,
+    duration=format_duration,
     percent=presenters.percent,
     rate_class=presenters.rate_class,
     status_class=presenters.status_class,

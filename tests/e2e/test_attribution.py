@@ -5,7 +5,6 @@ revision, `syncd history` / `explain` / `status`, and the daemon's /metrics."""
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from tests.e2e.conftest import Cli
 from tests.e2e.test_watch import wait_for as wait_until
 from tests.e2e.test_watch import watching
 from tests.e2e.test_worker import executions, wait_for, worker
+from tests.gitrepo import git
 
 TASKS = """
 version: 1
@@ -25,17 +25,6 @@ tasks:
     task_type: diagnostics.noop
     schedule: {{interval: 2}}
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return proc.stdout.strip()
 
 
 def commit(cli: Cli, job_type: str, message: str) -> str:

@@ -4,17 +4,15 @@ pull-request view `syncd plan --against REF --format markdown` in a real git rep
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.e2e.conftest import Cli
+from tests.gitrepo import git
 
 TASKS = """
 version: 1
@@ -244,14 +242,6 @@ tasks:
     schedule: {{cron: "{cron}", timezone: Europe/Berlin}}
     priority: {priority}
 """
-
-
-def git(repo: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
-        cwd=repo, env=env, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
 
 
 def fire_table(markdown: str) -> list[list[str]]:

@@ -9,7 +9,6 @@ commit that changes no task rewrites nothing.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from syncd.adapters.migrate import migrate
 from syncd.adapters.postgres import DbStore
 from syncd.cli.common import catalog
 from syncd.core.guards import SyncOptions
@@ -30,25 +28,15 @@ from syncd.core.payloads import schedule_labels
 from syncd.core.settings import Settings
 from syncd.reconcile import Stores, open_stores, reconcile_once
 from tests.conftest import WriteTaskdef
+from tests.gitrepo import git
 from tests.integration.test_recorder import add_config, conninfo, one_row, worker
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture
-def migrated_url(fresh_database_url: str) -> str:
-    migrate(fresh_database_url)
-    return fresh_database_url
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool" / "recorder.jsonl"
-
-
-@pytest.fixture
-def db(migrated_url: str) -> Iterator[DbStore]:
-    store = DbStore.from_url(migrated_url)
+def db(fresh_migrated_url: str) -> Iterator[DbStore]:
+    store = DbStore.from_url(fresh_migrated_url)
     yield store
     store.close()
 
@@ -60,16 +48,18 @@ def interval_task(name: str) -> TaskConfig:
 # ---------------------------------------------------------------- the recorder
 
 
-async def test_the_recorder_stores_the_task_as_it_fired(migrated_url: str, spool: Path) -> None:
-    config_id = await add_config(migrated_url)
+async def test_the_recorder_stores_the_task_as_it_fired(
+    fresh_migrated_url: str, spool: Path
+) -> None:
+    config_id = await add_config(fresh_migrated_url)
     config = interval_task("nightly-export")
     labels = schedule_labels(config_id, config, "default", revision=REVISION)
-    async with worker(migrated_url, spool) as w:
+    async with worker(fresh_migrated_url, spool) as w:
         ok = await w.kick("succeed", **labels)
         failed = await w.kick("fail", **labels)
 
     for task_id in (ok, failed):
-        row = await one_row(migrated_url, task_id)
+        row = await one_row(fresh_migrated_url, task_id)
         assert (row["task_name"], row["config_hash"], row["git_revision"]) == (
             "nightly-export",
             config.content_hash(),
@@ -87,12 +77,12 @@ async def test_the_recorder_stores_the_task_as_it_fired(migrated_url: str, spool
     ],
 )
 async def test_a_weird_label_is_stored_as_null_and_the_run_is_kept(
-    migrated_url: str, spool: Path, weird: dict[str, Any]
+    fresh_migrated_url: str, spool: Path, weird: dict[str, Any]
 ) -> None:
-    async with worker(migrated_url, spool) as w:
-        task_id = await w.kick("succeed", config_id=await add_config(migrated_url), **weird)
+    async with worker(fresh_migrated_url, spool) as w:
+        task_id = await w.kick("succeed", config_id=await add_config(fresh_migrated_url), **weird)
 
-    row = await one_row(migrated_url, task_id)
+    row = await one_row(fresh_migrated_url, task_id)
     assert row["is_success"] is True
     assert (row["task_name"], row["config_hash"], row["git_revision"]) == (None, None, None)
 
@@ -145,18 +135,18 @@ class Queries:
 
 
 async def test_history_by_name_outlives_the_config_and_keeps_old_rows(
-    migrated_url: str, db: DbStore
+    fresh_migrated_url: str, db: DbStore
 ) -> None:
-    old_id = await add_config(migrated_url)
-    name = config_name(migrated_url, old_id)
-    insert_run(migrated_url, old_id, name, 30, git_revision="aaa")
-    delete_config(migrated_url, old_id)  # its runs keep their rows, config_id NULL
-    new_id = await add_config(migrated_url)
-    with psycopg.connect(conninfo(migrated_url)) as conn:
+    old_id = await add_config(fresh_migrated_url)
+    name = config_name(fresh_migrated_url, old_id)
+    insert_run(fresh_migrated_url, old_id, name, 30, git_revision="aaa")
+    delete_config(fresh_migrated_url, old_id)  # its runs keep their rows, config_id NULL
+    new_id = await add_config(fresh_migrated_url)
+    with psycopg.connect(conninfo(fresh_migrated_url)) as conn:
         conn.execute("UPDATE task_configs SET name = %s WHERE id = %s", (name, new_id))
-    insert_run(migrated_url, new_id, None, 20)  # recorded before the columns existed: NULL
-    insert_run(migrated_url, new_id, name, 10, is_success=False, git_revision="bbb")
-    insert_run(migrated_url, None, "someone-else", 5)
+    insert_run(fresh_migrated_url, new_id, None, 20)  # recorded before the columns existed: NULL
+    insert_run(fresh_migrated_url, new_id, name, 10, is_success=False, git_revision="bbb")
+    insert_run(fresh_migrated_url, None, "someone-else", 5)
 
     runs = db.executions.recent(name, False, None, 10)
 
@@ -172,12 +162,14 @@ async def test_history_by_name_outlives_the_config_and_keeps_old_rows(
     assert len(db.executions.recent(None, False, None, 10)) == 4
 
 
-async def test_failing_since_is_one_query(migrated_url: str, db: DbStore) -> None:
-    config_id = await add_config(migrated_url)
-    name = config_name(migrated_url, config_id)
-    insert_run(migrated_url, config_id, name, 40, git_revision="good")
+async def test_failing_since_is_one_query(fresh_migrated_url: str, db: DbStore) -> None:
+    config_id = await add_config(fresh_migrated_url)
+    name = config_name(fresh_migrated_url, config_id)
+    insert_run(fresh_migrated_url, config_id, name, 40, git_revision="good")
     for minutes in (30, 20, 10):
-        insert_run(migrated_url, config_id, name, minutes, is_success=False, git_revision="bad")
+        insert_run(
+            fresh_migrated_url, config_id, name, minutes, is_success=False, git_revision="bad"
+        )
     queries = Queries(db)
 
     found = db.executions.failing_since(name)
@@ -188,12 +180,12 @@ async def test_failing_since_is_one_query(migrated_url: str, db: DbStore) -> Non
     assert db.executions.failing_since("no-such-task") is None
 
 
-async def test_activity_of_every_task_is_one_query(migrated_url: str, db: DbStore) -> None:
-    ids = [await add_config(migrated_url) for _ in range(3)]
+async def test_activity_of_every_task_is_one_query(fresh_migrated_url: str, db: DbStore) -> None:
+    ids = [await add_config(fresh_migrated_url) for _ in range(3)]
     busy, failing, idle = ids
-    insert_run(migrated_url, busy, "busy", 30)
-    insert_run(migrated_url, busy, "busy", 10, is_success=False, duration_seconds=7.5)
-    insert_run(migrated_url, failing, "failing", 10, is_success=False)
+    insert_run(fresh_migrated_url, busy, "busy", 30)
+    insert_run(fresh_migrated_url, busy, "busy", 10, is_success=False, duration_seconds=7.5)
+    insert_run(fresh_migrated_url, failing, "failing", 10, is_success=False)
     queries = Queries(db)
 
     activity = db.executions.activity(ids)
@@ -216,17 +208,6 @@ async def test_activity_of_every_task_is_one_query(migrated_url: str, db: DbStor
 # ---------------------------------------------------------------- sync in a git repository
 
 
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return proc.stdout.strip()
-
-
 def sync(root: Path, stores: Stores) -> Any:
     return reconcile_once(root, stores, catalog(), datetime.now(UTC), options=SyncOptions())
 
@@ -243,7 +224,7 @@ def payload_labels(stores: Stores, name: str) -> dict[str, Any]:
 
 
 def test_schedules_carry_their_rows_revision_across_commits(
-    migrated_url: str, redis_url: str, taskdefs: Path, write: WriteTaskdef
+    fresh_migrated_url: str, redis_url: str, taskdefs: Path, write: WriteTaskdef
 ) -> None:
     git(taskdefs, "init", "-q")
     write("a.yaml", "version: 1\ntasks:\n  - {name: a, task_type: diagnostics.noop, "
@@ -253,7 +234,7 @@ def test_schedules_carry_their_rows_revision_across_commits(
     git(taskdefs, "add", ".")
     git(taskdefs, "commit", "-qm", "one")
     first = git(taskdefs, "rev-parse", "HEAD")
-    settings = Settings(database_url=migrated_url, redis_url=redis_url)
+    settings = Settings(database_url=fresh_migrated_url, redis_url=redis_url)
     with open_stores(settings) as stores:
         assert sync(taskdefs, stores).applied is not None
         assert payload_labels(stores, "a")["git_revision"] == first

@@ -16,7 +16,6 @@ import pytest
 from psycopg.rows import dict_row
 from taskiq import Context, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends
 
-from syncd.adapters.migrate import migrate
 from syncd.core.model import Execution
 from worker.recording import ExecutionRecorder, PostgresSink
 
@@ -25,17 +24,6 @@ KILL_OTHERS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
 )
-
-
-@pytest.fixture
-def fresh_migrated_url(fresh_database_url: str) -> str:
-    migrate(fresh_database_url)
-    return fresh_database_url
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool" / "recorder.jsonl"
 
 
 def conninfo(url: str) -> str:
