@@ -40,6 +40,10 @@ class LoadedTask:
     path: str  # path as the user named it, for messages
     line: int
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
     @cached_property
     def config(self) -> TaskConfig:
         """The row this task becomes; cached with the file, so a daemon reconciling an
