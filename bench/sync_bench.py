@@ -65,7 +65,6 @@ from syncd.core.model import (
     CONFIG_FIELDS,
     TaskCatalog,
     TaskConfig,
-    config_from_taskdef,
 )
 from syncd.core.payloads import build_schedule
 from syncd.load.loader import LoadCache, LoadedTask, load_taskdefs
@@ -313,7 +312,7 @@ async def naive_first_sync(root: Path, clients: NaiveClients) -> int:
     # expire_on_commit=False: reading row.id after commit would otherwise cost a SELECT.
     with Session(clients.engine, expire_on_commit=False) as session:
         for task in loaded.tasks:
-            config = config_from_taskdef(task.spec)
+            config = task.config
             row = new_row(task, config)
             session.add(row)
             session.commit()  # INSERT ... RETURNING id, then COMMIT
@@ -334,7 +333,7 @@ async def naive_resync(root: Path, clients: NaiveClients) -> int:
     writes = 0
     with Session(clients.engine, expire_on_commit=False) as session:
         for task in loaded.tasks:
-            config = config_from_taskdef(task.spec)
+            config = task.config
             query = select(TaskConfigModel).where(TaskConfigModel.name == config.name)
             row = session.scalars(query).one_or_none()
             if row is None:  # a new task (not exercised here: no task is added)

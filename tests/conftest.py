@@ -3,11 +3,15 @@
 Every test runs under tests/policy.yaml (a permissive operator policy for temporary
 directories and local servers) with the diagnostics.* task types registered, unless it
 sets its own: both are read from the environment, before the task registry is imported.
+The parse cache of the whole run (every syncd process it starts) is a temporary
+directory, removed at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,11 +19,22 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.services import TEST_POLICY, private_database, private_redis_db
+from tests.services import PARSE_CACHE, TEST_POLICY, private_database, private_redis_db
 
 WriteTaskdef = Callable[[str, str], Path]
 os.environ["SYNCD_POLICY"] = str(TEST_POLICY)
 os.environ["SYNCD_DIAGNOSTICS"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parse_cache() -> Iterator[Path]:
+    """One parse cache for the run, inherited by every syncd process a test starts."""
+    directory = Path(tempfile.mkdtemp(prefix="syncd-parse-cache-"))
+    os.environ[PARSE_CACHE] = str(directory)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

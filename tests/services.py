@@ -25,12 +25,19 @@ REDIS_BASE = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 CLAIM_TTL_SECONDS = 6 * 3600
 # The operator policy tests run under (permissive for temporary directories and local servers).
 TEST_POLICY = Path(__file__).resolve().parent / "policy.yaml"
+PARSE_CACHE = "SYNCD_PARSE_CACHE"
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without syncd's settings, except the run's parse cache (so no
+    process of a test writes one under the user's home)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_") or k == PARSE_CACHE}
 
 
 def store_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The environment of a syncd or taskiq process in a test: these stores, the test
     policy, the diagnostics task types, no worker metrics port (tests of it set one)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env = clean_env()
     env.update(
         SYNCD_DATABASE_URL=database_url,
         SYNCD_REDIS_URL=redis_url,

@@ -77,7 +77,7 @@ def _plan_against(args: argparse.Namespace) -> int:
     )
     head_loaded = load_taskdefs(root, tasks.params, now=now, policy=tasks.policy)
     # A name REF already declares stays with REF's file; a newcomer reusing it is the error.
-    head_loaded = head_loaded.settle_duplicates({t.spec.name: t.source for t in base_loaded.tasks})
+    head_loaded = head_loaded.settle_duplicates({t.name: t.source for t in base_loaded.tasks})
     for problem in head_loaded.problems:
         print(problem, file=sys.stderr)
     layout = settings_from(args).layout

@@ -1,8 +1,10 @@
 """Load `taskdefs/`: read every YAML file, validate it, and collect every problem at once.
 
 Called by the CLI (`validate`, `plan`, `sync`) and the daemon. Reading is the only I/O
-here; everything after `read_file` works on bytes, so results can be cached per file by
-content digest and a daemon re-parses only what changed. It does not touch any store.
+here; everything after reading a file works on its bytes, so a file's result is cached by
+content digest: in memory for a daemon's life (`LoadCache`), and on disk across processes
+(`syncd.load.cache`), so only a changed file is parsed and validated again. It does not
+touch any store.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from schemas.policy import DEFAULT_POLICY, Policy
-from schemas.taskdef import TaskDef
 from syncd.core.gcpause import gc_paused
 from syncd.core.model import Desired, DesiredTask, TaskCatalog, TaskConfig, config_from_taskdef
 from syncd.core.problems import Problem
+from syncd.load.cache import ParseCache, Parsed, problems_of
 from syncd.load.validate import validate_document
 from syncd.load.yamlsafe import YamlProblem, parse_document
 
@@ -33,22 +34,16 @@ TaskTypes = Mapping[str, type[BaseModel]]
 
 @dataclass(frozen=True)
 class LoadedTask:
-    """A valid task and where it was declared."""
+    """A valid task and where it was declared: the row it becomes, and its file and line."""
 
-    spec: TaskDef
+    config: TaskConfig
     source: str  # path relative to the taskdefs root: stored in task_configs.source_file
     path: str  # path as the user named it, for messages
     line: int
 
     @property
     def name(self) -> str:
-        return self.spec.name
-
-    @cached_property
-    def config(self) -> TaskConfig:
-        """The row this task becomes; cached with the file, so a daemon reconciling an
-        unchanged file reuses the config and its content hash."""
-        return config_from_taskdef(self.spec)
+        return self.config.name
 
 
 @dataclass(frozen=True)
@@ -112,14 +107,14 @@ class LoadResult:
     def declared_at(self, name: str) -> str | None:
         """`path:line` of the valid task named `name`, or None."""
         for task in self.tasks:
-            if task.spec.name == name:
+            if task.name == name:
                 return f"{task.path}:{task.line}"
         return None
 
 
 def build_desired(loaded: LoadResult, catalog: TaskCatalog, revision: str | None) -> Desired:
     """What git says, as the planner takes it: the valid tasks, and which files are broken."""
-    tasks = {t.spec.name: DesiredTask(t.config, t.source, t.line, t.path) for t in loaded.tasks}
+    tasks = {t.name: DesiredTask(t.config, t.source, t.line, t.path) for t in loaded.tasks}
     # Any error, even one not tied to a file (a missing directory), suspends pruning.
     broken = loaded.broken_sources or (frozenset({"<taskdefs>"}) if loaded.errors else frozenset())
     return Desired(tasks, broken, catalog.queues, revision)
@@ -158,9 +153,10 @@ def load_taskdefs(
             str(root), 0, 0, "taskdefs directory does not exist or is not a directory"
         )
         return LoadResult(str(root), (), (problem,))
+    disk = ParseCache.open(task_types, policy)
     with gc_paused():
         files = [
-            load_file(path, root_path, task_types, cache, policy)
+            load_file(path, root_path, task_types, cache, policy, disk=disk)
             for path in find_taskdef_files(root_path)
         ]
         return _assemble(str(root), files, now, policy)
@@ -179,18 +175,28 @@ def load_taskdef_blobs(
         for n in blobs
         if n.endswith(YAML_SUFFIXES) and not any(part.startswith(".") for part in n.split("/"))
     )
-    files = [_checked_blob(blobs[n], n, f"{shown_root}/{n}", task_types, policy) for n in names]
+    disk = ParseCache.open(task_types, policy)
+    files = [
+        _checked_blob(blobs[n], n, f"{shown_root}/{n}", task_types, policy=policy, disk=disk)
+        for n in names
+    ]
     return _assemble(shown_root, files, now, policy)
 
 
 def _checked_blob(
-    raw: bytes, source: str, shown: str, task_types: TaskTypes | None, policy: Policy
+    raw: bytes,
+    source: str,
+    shown: str,
+    task_types: TaskTypes | None,
+    *,
+    policy: Policy,
+    disk: ParseCache | None,
 ) -> FileResult:
     if len(raw) > MAX_FILE_BYTES:
         return _failed(
             source, shown, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}"
         )
-    return parse_file(raw, source, shown, task_types, policy=policy)
+    return parse_file(raw, source, shown, task_types, policy=policy, disk=disk)
 
 
 def _assemble(
@@ -211,6 +217,8 @@ def load_file(
     task_types: TaskTypes | None,
     cache: LoadCache | None = None,
     policy: Policy = DEFAULT_POLICY,
+    *,
+    disk: ParseCache | None = None,
 ) -> FileResult:
     source = path.relative_to(root).as_posix()
     shown = str(path)
@@ -232,7 +240,7 @@ def load_file(
             "symbolic link to a file outside the taskdefs directory: refused (a reviewer "
             "sees only the link, not what it points at)",
         )
-    return parse_file(raw, source, shown, task_types, cache, policy=policy)
+    return parse_file(raw, source, shown, task_types, cache, policy=policy, disk=disk)
 
 
 class _LinkLeavesRoot(Exception):
@@ -257,16 +265,35 @@ def parse_file(
     cache: LoadCache | None = None,
     *,
     policy: Policy = DEFAULT_POLICY,
+    disk: ParseCache | None = None,
 ) -> FileResult:
-    """Validate one file's bytes (cached by digest and policy when a cache is given)."""
+    """Validate one file's bytes; an unchanged file's result comes from `cache` (this
+    process) or `disk` (any earlier process) instead."""
     digest = hashlib.sha256(raw).hexdigest()
     key = (source, digest, policy)
     if cache is not None and (hit := cache.entries.get(key)) is not None:
         return hit if hit.path == shown else _reshown(hit, shown)
-    result = _parse_uncached(raw, source, shown, digest, task_types=task_types, policy=policy)
+    parsed = disk.get(digest) if disk is not None else None
+    if parsed is not None:
+        result = _from_parsed(parsed, source, shown, digest)
+    else:
+        result = _parse_uncached(raw, source, shown, digest, task_types=task_types, policy=policy)
+        if disk is not None:
+            disk.put(digest, _to_parsed(result))
     if cache is not None:
         cache.entries[key] = result
     return result
+
+
+def _to_parsed(result: FileResult) -> Parsed:
+    tasks = tuple((t.line, t.config) for t in result.tasks)
+    problems = tuple((p.line, p.col, p.message, p.severity) for p in result.problems)
+    return Parsed(tasks, problems)
+
+
+def _from_parsed(parsed: Parsed, source: str, shown: str, digest: str) -> FileResult:
+    tasks = tuple(LoadedTask(config, source, shown, line) for line, config in parsed.tasks)
+    return FileResult(source, shown, digest, tasks, problems_of(parsed, shown))
 
 
 def _parse_uncached(
@@ -293,7 +320,9 @@ def _parse_uncached(
         )
     found = validate_document(data, marks, task_types, policy)
     problems = tuple(Problem(shown, line, col, msg) for line, col, msg in found.problems)
-    tasks = tuple(LoadedTask(spec, source, shown, line) for spec, line in found.tasks)
+    tasks = tuple(
+        LoadedTask(config_from_taskdef(spec), source, shown, line) for spec, line in found.tasks
+    )
     warnings = tuple(Problem(shown, *where, severity="warning") for where in found.warnings)
     return FileResult(source, shown, digest, tasks if not problems else (), problems + warnings)
 
@@ -317,9 +346,7 @@ def _failed(
 
 def _reshown(result: FileResult, shown: str) -> FileResult:
     problems = tuple(Problem(shown, p.line, p.col, p.message, p.severity) for p in result.problems)
-    tasks = tuple(LoadedTask(t.spec, t.source, shown, t.line) for t in result.tasks)
-    for old, new in zip(result.tasks, tasks, strict=True):
-        new.__dict__["config"] = old.config  # keep the cached config (and its hash)
+    tasks = tuple(LoadedTask(t.config, t.source, shown, t.line) for t in result.tasks)
     return FileResult(result.source, shown, result.digest, tasks, problems)
 
 
@@ -341,7 +368,7 @@ def duplicate_name_problems(
     by_name: dict[str, list[LoadedTask]] = {}
     for file in files:
         for task in file.tasks:
-            by_name.setdefault(task.spec.name, []).append(task)
+            by_name.setdefault(task.name, []).append(task)
     problems = []
     for name, tasks in by_name.items():
         if len(tasks) < 2:
@@ -362,7 +389,7 @@ def _owning_declaration(tasks: list[LoadedTask], source: str | None) -> LoadedTa
 
 
 def _duplicate_message(task: LoadedTask, tasks: list[LoadedTask], owner: LoadedTask | None) -> str:
-    name = task.spec.name
+    name = task.name
     if owner is not None:
         return (
             f"duplicate task name {name!r}: it is already applied from {owner.path}:"
@@ -379,7 +406,7 @@ def expired_at_warnings(files: Iterable[FileResult], now: datetime) -> list[Prob
             task.path,
             task.line,
             1,
-            f"task {task.spec.name!r}: 'at' {_iso(task.spec.at_time())} has passed; it will not be "
+            f"task {task.name!r}: 'at' {_iso(task.config.at_time())} has passed; it will not be "
             "registered (a one-shot schedule never fires twice)",
             "warning",
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.services import TEST_POLICY
+from tests.services import TEST_POLICY, clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def syncd(
     *args: str, cwd: Path = REPO, policy: Path = TEST_POLICY
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env = clean_env()
     env["SYNCD_POLICY"] = str(policy)
     env["SYNCD_DIAGNOSTICS"] = "1"
     # No store is reachable: validate must not need one.

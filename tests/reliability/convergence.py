@@ -73,7 +73,7 @@ def expected_from(taskdefs: Path, now: datetime | None = None) -> Expected:
     if loaded.errors:
         raise AssertionError(f"test taskdefs are invalid: {[str(p) for p in loaded.errors]}")
     return Expected(
-        {t.spec.name: t for t in loaded.tasks}, dict(tasks.queues), now or datetime.now(UTC)
+        {t.name: t for t in loaded.tasks}, dict(tasks.queues), now or datetime.now(UTC)
     )
 
 

@@ -537,6 +537,7 @@ def test_the_property_catches_a_loader_that_raises(
         return parse_document(text)
 
     monkeypatch.setattr("syncd.load.loader.parse_document", fragile)
+    monkeypatch.setenv("SYNCD_PARSE_CACHE", "off")  # every input parsed, none remembered
 
     @settings(max_examples=500, database=None, deadline=None)
     @given(mutated())

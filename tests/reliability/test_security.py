@@ -326,7 +326,7 @@ def test_names_that_could_escape_their_keys_are_rejected(stores: Stores, tmp_pat
         )
     tasks = catalog()
     loaded = load_taskdefs(root, tasks.params, now=datetime.now(UTC), policy=tasks.policy)
-    assert [t.spec.name for t in loaded.tasks] == ["good"]
+    assert [t.name for t in loaded.tasks] == ["good"]
     for index in range(len(BAD_NAMES)):
         path = str(root / f"bad-{index:02d}.yaml")
         mine = [p for p in loaded.errors if p.path == path]

@@ -46,12 +46,12 @@ def test_valid_file_yields_tasks_with_lines(taskdefs: Path, write: WriteTaskdef)
     )
     result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
     assert result.problems == ()
-    assert [(t.spec.name, t.line, t.source) for t in result.tasks] == [
+    assert [(t.name, t.line, t.source) for t in result.tasks] == [
         ("one", 3, "a.yaml"),
         ("two", 6, "a.yaml"),
     ]
-    assert result.tasks[0].spec.scheduler_type == "cron"
-    assert result.tasks[1].spec.scheduler_type == "interval"
+    assert result.tasks[0].config.scheduler_type == "cron"
+    assert result.tasks[1].config.scheduler_type == "interval"
 
 
 def test_files_are_found_recursively_in_stable_order(taskdefs: Path, write: WriteTaskdef) -> None:
@@ -73,8 +73,7 @@ def test_cron_is_normalised(taskdefs: Path, write: WriteTaskdef) -> None:
         """,
     )
     (task,) = load_taskdefs(taskdefs, TYPES, policy=POLICY).tasks
-    assert task.spec.schedule is not None
-    assert task.spec.schedule.cron == "0 0 * * 0"  # type: ignore[union-attr]
+    assert task.config.schedule_config["cron"] == "0 0 * * 0"
 
 
 @pytest.mark.parametrize(
@@ -284,7 +283,7 @@ def test_a_broken_file_contributes_no_tasks_but_others_do(
         "  - {name: broken, task_type: diagnostics.noop, priority: 99}\n",
     )
     result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
-    assert [t.spec.name for t in result.tasks] == ["ok"]
+    assert [t.name for t in result.tasks] == ["ok"]
     assert result.broken_sources == {"bad.yaml"}
 
 
@@ -316,7 +315,7 @@ def test_modest_anchor_reuse_is_allowed(taskdefs: Path, write: WriteTaskdef) -> 
     )
     result = load_taskdefs(taskdefs, TYPES, policy=POLICY)
     assert result.problems == ()
-    assert result.tasks[1].spec.parameters == {"path": "/tmp/x", "older_than_days": 9}
+    assert result.tasks[1].config.parameters == {"path": "/tmp/x", "older_than_days": 9}
 
 
 def test_recursive_alias_is_refused(taskdefs: Path) -> None:
@@ -355,7 +354,7 @@ def test_past_at_is_a_warning_not_an_error(taskdefs: Path, write: WriteTaskdef) 
     assert result.errors == ()
     (warning,) = result.warnings
     assert "has passed" in warning.message
-    assert [t.spec.name for t in result.tasks] == ["once"]
+    assert [t.name for t in result.tasks] == ["once"]
 
 
 def test_missing_directory_is_a_problem(tmp_path: Path) -> None:
@@ -372,7 +371,7 @@ def test_cache_reuses_unchanged_files(taskdefs: Path, write: WriteTaskdef) -> No
     second = load_taskdefs(taskdefs, TYPES, cache=cache, policy=POLICY)
     assert second.files[0] is first.files[0]  # a.yaml: not parsed again
     assert second.files[1] is not first.files[1]
-    assert [t.spec.name for t in second.tasks] == ["a", "b2"]
+    assert [t.name for t in second.tasks] == ["a", "b2"]
 
 
 def test_absurd_shapes_are_refused_before_validation(taskdefs: Path) -> None:
@@ -392,7 +391,7 @@ def test_a_cron_that_never_fires_is_a_warning(taskdefs: Path, write: WriteTaskde
     (warning,) = result.warnings
     assert warning.line == 5
     assert "never fires: day-of-month 30 never occurs in February" in warning.message
-    assert [t.spec.name for t in result.tasks] == ["feb30"]
+    assert [t.name for t in result.tasks] == ["feb30"]
 
 
 def test_a_step_beyond_the_range_registers_its_first_value(
@@ -404,8 +403,7 @@ def test_a_step_beyond_the_range_registers_its_first_value(
         '    schedule: {cron: "05 17-22/30 * * 1-5"}\n',
     )
     (task,) = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY).tasks
-    assert task.spec.schedule is not None
-    assert task.spec.schedule.model_dump()["cron"] == "5 17 * * 1-5"
+    assert task.config.schedule_config["cron"] == "5 17 * * 1-5"
 
 
 def test_a_quoted_instant_means_the_same_as_an_unquoted_one(
@@ -419,7 +417,7 @@ def test_a_quoted_instant_means_the_same_as_an_unquoted_one(
     write("b.yaml", body.format("u", "2030-12-01T09:00:00+02:00"))
     result = load_taskdefs(taskdefs, TYPES, now=NOW, policy=POLICY)
     assert result.problems == ()
-    quoted, unquoted = (t.spec.at_time() for t in result.tasks)
+    quoted, unquoted = (t.config.at_time() for t in result.tasks)
     assert quoted == unquoted
 
 

@@ -63,7 +63,7 @@ def test_validation_accepts_a_reference_for_any_parameter(
     result = load_taskdefs(taskdefs, registry.params_models(), policy=POLICY)
     assert result.errors == ()
     (task,) = result.tasks
-    assert task.spec.parameters["url"] == {"secret": "HOOK_URL"}
+    assert task.config.parameters["url"] == {"secret": "HOOK_URL"}
 
 
 def test_literal_credentials_get_a_warning_pointing_to_references(
