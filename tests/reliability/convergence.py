@@ -72,9 +72,7 @@ def expected_from(taskdefs: Path, now: datetime | None = None) -> Expected:
     loaded = load_taskdefs(taskdefs, tasks.params, now=now, policy=tasks.policy)
     if loaded.errors:
         raise AssertionError(f"test taskdefs are invalid: {[str(p) for p in loaded.errors]}")
-    return Expected(
-        {t.name: t for t in loaded.tasks}, dict(tasks.queues), now or datetime.now(UTC)
-    )
+    return Expected({t.name: t for t in loaded.tasks}, dict(tasks.queues), now or datetime.now(UTC))
 
 
 @dataclass
