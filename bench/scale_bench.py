@@ -26,8 +26,14 @@ cron/interval list + SET status per task, with the keys syncd uses.
 Every measurement is repeated `--runs` times on fresh stores and the medians are printed,
 each CLI row next to its goal (ok/over), after the 1-minute load average of each size.
 
+With `--server-stats`, the work the servers did for each cold and no-op sync is printed
+too (medians): PostgreSQL's `pg_stat_database` of the private database (`active_time`,
+the time its sessions spent running statements; transactions; rows inserted, fetched,
+returned) and Redis' `INFO commandstats` (calls and server time per command; Redis
+counts for the whole server, so another client's commands meanwhile are counted too).
+
 Usage: .venv/bin/python bench/scale_bench.py [--sizes 1000,10000] [--with-100k]
-       [-r RUNS] [--json PATH]
+       [-r RUNS] [--json PATH] [--server-stats]
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import redis
@@ -241,7 +247,13 @@ def expect_state(db_url: str, redis_url: str, table: str, tasks: int, what: str)
 # -- the CLI rows ---------------------------------------------------------------------------
 
 
-def measure_cli(root: Path, tasks: int) -> dict[str, ChildSample]:
+@dataclass(frozen=True)
+class CliMeasures:
+    samples: dict[str, ChildSample]
+    server: dict[str, ServerStats]  # of COLD and NOOP, with --server-stats only
+
+
+def measure_cli(root: Path, tasks: int, server_stats: bool = False) -> CliMeasures:
     """Start-up, validate, cold sync and no-op sync, each a new process, on fresh stores."""
     with migrated_stores() as (db_url, redis_url):
         env, secrets = cli_env(db_url, redis_url), (db_url, redis_url)
@@ -249,16 +261,88 @@ def measure_cli(root: Path, tasks: int) -> dict[str, ChildSample]:
             STARTUP: run_checked(["--help"], env, secrets).sample,
             VALIDATE: run_checked(["validate", str(root)], env, secrets).sample,
         }
-        cold = run_checked(["sync", str(root)], env, secrets)
-        if f"Applied: {tasks} row(s) written" not in cold.stderr:
-            raise fail(f"cold sync did not write {tasks} rows: {hidden(cold.stderr, secrets)}")
-        expect_state(db_url, redis_url, "task_configs", tasks, COLD)
-        noop = run_checked(["sync", str(root)], env, secrets)
-        if "Applied:" in noop.stderr:
-            raise fail(f"the no-op sync applied changes: {hidden(noop.stderr, secrets)}")
-        expect_state(db_url, redis_url, "task_configs", tasks, NOOP)
-        samples[COLD], samples[NOOP] = cold.sample, noop.sample
-    return samples
+        server: dict[str, ServerStats] = {}
+        for work in (COLD, NOOP):
+            before = server_snapshot(db_url, redis_url) if server_stats else None
+            run = run_checked(["sync", str(root)], env, secrets)
+            if before is not None:
+                server[work] = server_snapshot(db_url, redis_url).minus(before)
+            check_sync(run, work, tasks, secrets)
+            expect_state(db_url, redis_url, "task_configs", tasks, work)
+            samples[work] = run.sample
+    return CliMeasures(samples, server)
+
+
+def check_sync(run: CliRun, work: str, tasks: int, secrets: Sequence[str]) -> None:
+    if work == COLD and f"Applied: {tasks} row(s) written" not in run.stderr:
+        raise fail(f"cold sync did not write {tasks} rows: {hidden(run.stderr, secrets)}")
+    if work == NOOP and "Applied:" in run.stderr:
+        raise fail(f"the no-op sync applied changes: {hidden(run.stderr, secrets)}")
+
+
+# -- server-side work (--server-stats) ----------------------------------------------------
+
+# pg_stat_database counters of one database: active_time is in milliseconds (PostgreSQL 14+).
+PG_COUNTERS = ("active_time", "xact_commit", "tup_inserted", "tup_fetched", "tup_returned")
+# Redis commands a sync sends (INFO commandstats names), reported one by one.
+REDIS_COMMANDS = ("multi", "exec", "set", "mset", "rpush", "lrem", "del", "get", "mget",
+                  "lrange", "scan")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counters of the servers (or the difference of two readings)."""
+
+    pg: dict[str, float]
+    redis_calls: dict[str, int]
+    redis_usec: dict[str, int]
+
+    def minus(self, before: ServerStats) -> ServerStats:
+        return ServerStats(
+            {k: v - before.pg.get(k, 0.0) for k, v in self.pg.items()},
+            {k: v - before.redis_calls.get(k, 0) for k, v in self.redis_calls.items()},
+            {k: v - before.redis_usec.get(k, 0) for k, v in self.redis_usec.items()},
+        )
+
+
+def server_snapshot(db_url: str, redis_url: str) -> ServerStats:
+    """pg_stat_database of the private database and Redis' INFO commandstats, now."""
+    name = db_url.rsplit("/", 1)[1]
+    columns = sql.SQL(", ").join(map(sql.Identifier, PG_COUNTERS))
+    query = sql.SQL("SELECT {} FROM pg_stat_database WHERE datname = %s").format(columns)
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        # The statistics a backend reports when it ends are read by a fresh snapshot.
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(query, (name,)).fetchone()
+    pg = {key: float(value or 0) for key, value in zip(PG_COUNTERS, row or (), strict=False)}
+    with redis.Redis.from_url(redis_url) as client:
+        stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
+    found = {key.removeprefix("cmdstat_"): value for key, value in stats.items()}
+    calls = {cmd: int(found.get(cmd, {}).get("calls", 0)) for cmd in REDIS_COMMANDS}
+    usec = {cmd: int(found.get(cmd, {}).get("usec", 0)) for cmd in REDIS_COMMANDS}
+    return ServerStats(pg, calls, usec)
+
+
+def server_lines(result: SizeResult) -> list[str]:
+    """Median server-side counters of each sync of one size, one line per store."""
+    lines: list[str] = []
+    for work, runs in result.server.items():
+        pg = {key: statistics.median(run.pg[key] for run in runs) for key in PG_COUNTERS}
+        pg_text = ", ".join(f"{key} {value:.0f}" for key, value in pg.items())
+        lines.append(f"{result.tasks} {work}: PostgreSQL {pg_text} (active_time in ms)")
+        redis_parts: list[str] = []
+        total_usec = 0.0
+        for cmd in REDIS_COMMANDS:
+            calls = statistics.median(run.redis_calls[cmd] for run in runs)
+            usec = statistics.median(run.redis_usec[cmd] for run in runs)
+            # EXEC's time includes the commands it ran, which are counted on their own.
+            total_usec += 0 if cmd == "exec" else usec
+            if calls:
+                redis_parts.append(f"{cmd} {calls:.0f}× {usec / 1000:.1f} ms")
+        shown = ", ".join(redis_parts) or "no commands"
+        total = f"{total_usec / 1000:.1f} ms besides EXEC"
+        lines.append(f"{result.tasks} {work}: Redis {total}: {shown}")
+    return lines
 
 
 # -- the floor ------------------------------------------------------------------------------
@@ -422,6 +506,7 @@ class SizeResult:
     load_1min: float
     cli: dict[str, list[ChildSample]] = field(default_factory=dict)
     floor: dict[str, list[float]] = field(default_factory=dict)
+    server: dict[str, list[ServerStats]] = field(default_factory=dict)
 
     def seconds(self, work: str) -> float:
         return statistics.median(sample.seconds for sample in self.cli[work])
@@ -433,7 +518,7 @@ class SizeResult:
         return statistics.median(self.floor[piece])
 
 
-def measure_size(root: Path, tasks: int, runs: int) -> SizeResult:
+def measure_size(root: Path, tasks: int, runs: int, server_stats: bool = False) -> SizeResult:
     files = max(1, tasks // TASKS_PER_FILE)
     paths = write_tree(root, tasks, files)
     load = os.getloadavg()[0]
@@ -445,8 +530,11 @@ def measure_size(root: Path, tasks: int, runs: int) -> SizeResult:
         for piece, seconds in measure_floor(paths, tasks).items():
             result.floor.setdefault(piece, []).append(seconds)
         print(f"{progress}: CLI...", file=sys.stderr, flush=True)
-        for work, sample in measure_cli(root, tasks).items():
+        measured = measure_cli(root, tasks, server_stats)
+        for work, sample in measured.samples.items():
             result.cli.setdefault(work, []).append(sample)
+        for work, stats in measured.server.items():
+            result.server.setdefault(work, []).append(stats)
     return result
 
 
@@ -581,6 +669,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("-r", "--runs", type=int, default=3, help="repeats; medians are printed")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw numbers")
+    parser.add_argument(
+        "--server-stats",
+        action="store_true",
+        help="also print PostgreSQL's and Redis' own counters of each cold and no-op sync",
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -600,10 +693,15 @@ def main() -> None:
     results: dict[int, SizeResult] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tasks in args.sizes:
-            results[tasks] = measure_size(Path(tmp) / f"taskdefs-{tasks}", tasks, args.runs)
+            root = Path(tmp) / f"taskdefs-{tasks}"
+            results[tasks] = measure_size(root, tasks, args.runs, args.server_stats)
     rows = [row for result in results.values() for row in size_rows(result, results)]
     print()
     print_table(rows)
+    if args.server_stats:
+        print()
+        for result in results.values():
+            print("\n".join(server_lines(result)))
     if args.json:
         write_json(args.json, results, rows, args.runs)
 

@@ -4,24 +4,25 @@ Called by the CLI's `migrate` command and `syncd up`; `DbStore.check_schema` ask
 current and head revisions. It creates the database if needed, then runs alembic's `upgrade
 head` with a Config built in code (no alembic.ini). It never downgrades and never reads or
 writes task rows. The revisions live in `migrations/versions/` beside this module.
+
+Every command that opens the stores checks the revisions, so that check stays light: the
+database's revision is one query of `alembic_version`, and the head is read from the
+revision files' `revision` and `down_revision` assignments without importing alembic;
+alembic itself is imported only to migrate.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from psycopg import sql
-from sqlalchemy import URL, Connection, Engine, func, select
+from sqlalchemy import URL, Connection, Engine, func, select, text
 
 from syncd.adapters.pg import (
     CONNECT_TIMEOUT_SECONDS,
@@ -32,7 +33,11 @@ from syncd.adapters.pg import (
 )
 from syncd.core.errors import SchemaMissing
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSIONS_DIR = MIGRATIONS_DIR / "versions"
 MAINTENANCE_DB = "postgres"
 # Two `syncd migrate` runs at once (say, replicas starting together) take turns on this.
 MIGRATE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd.migrate").digest()[:8], "big", signed=True)
@@ -93,14 +98,43 @@ def current_revision(engine: Engine) -> str | None:
 
 @functools.cache
 def head_revision() -> str:
-    """The newest revision shipped with this syncd (read once: the scripts never change)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise RuntimeError(f"no alembic revisions found in {MIGRATIONS_DIR}")
-    return head
+    """The newest revision shipped with this syncd (read once: the scripts never change).
+
+    The one revision no other names as its `down_revision`, as alembic finds it
+    (a test holds the two to the same answer), from the files' text alone.
+    """
+    # Like alembic, files whose names start with "_" (an __init__.py) are no revisions.
+    paths = sorted(p for p in VERSIONS_DIR.glob("*.py") if not p.name.startswith("_"))
+    revisions = [_revision_ids(path) for path in paths]
+    named = {revision for revision, _ in revisions}
+    parents = {parent for _, down in revisions for parent in down}
+    heads = sorted(named - parents)
+    if len(heads) != 1:
+        raise RuntimeError(f"expected one head revision in {VERSIONS_DIR}, found {heads}")
+    return heads[0]
+
+
+def _revision_ids(path: Path) -> tuple[str, tuple[str, ...]]:
+    """(revision, down revisions) of a revision file, from its module-level assignments."""
+    values: dict[str, Any] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        if isinstance(node, ast.AnnAssign | ast.Assign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in _REVISION_NAMES:
+                    values[target.id] = ast.literal_eval(node.value)
+    revision, down = values.get("revision"), values.get("down_revision")
+    if not isinstance(revision, str):
+        raise RuntimeError(f"{path} assigns no revision id")
+    return revision, (down,) if isinstance(down, str) else tuple(down or ())
+
+
+_REVISION_NAMES = frozenset({"revision", "down_revision"})
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config  # noqa: PLC0415 (only migrating needs alembic)
+
     config = Config()
     # '%' would start ConfigParser interpolation in a path.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -108,6 +142,9 @@ def alembic_config() -> Config:
 
 
 def _upgrade(conn: Connection) -> None:
+    from alembic import command  # noqa: PLC0415 (only migrating needs alembic)
+    from alembic.util import CommandError  # noqa: PLC0415
+
     config = alembic_config()
     # env.py runs on this connection, inside the transaction that holds the migrate lock.
     config.attributes["connection"] = conn
@@ -120,7 +157,18 @@ def _upgrade(conn: Connection) -> None:
 
 
 def _revision_on(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """What alembic's MigrationContext.get_current_revision reads: the one row of
+    `alembic_version` (in the search path), or None without the table or a row."""
+    if conn.execute(_VERSION_TABLE).scalar_one() is None:
+        return None
+    found = conn.execute(_VERSION_ROWS).scalars().all()
+    if len(found) > 1:
+        raise SchemaMissing(f"the database is at several revisions ({', '.join(found)})")
+    return found[0] if found else None
+
+
+_VERSION_TABLE = text("SELECT to_regclass('alembic_version')::text")
+_VERSION_ROWS = text("SELECT version_num FROM alembic_version")
 
 
 def _maintenance_params(url: URL) -> dict[str, Any]:

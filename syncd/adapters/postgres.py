@@ -3,17 +3,26 @@
 The CLI and the daemon build one `DbStore` and hand it to the reconcile; it decides
 nothing (the plan does) and lets no driver error out (`adapters.pg.translate_errors`).
 `task_executions` belongs to the worker: `executions` reads it, nothing here writes it.
+
+The two bulk paths of a sync go through the driver itself: new rows are written with
+COPY (ids drawn from the identity sequence first), and `read_rows` fetches plain tuples.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
 from sqlalchemy import (
     Connection,
     Engine,
@@ -23,9 +32,7 @@ from sqlalchemy import (
     column,
     delete,
     func,
-    insert,
     inspect,
-    literal,
     select,
     update,
 )
@@ -34,7 +41,6 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from schemas.tables import MANAGED_BY_SYNCD, task_configs
-from syncd.adapters.executions import ExecutionReader
 from syncd.adapters.migrate import current_revision, head_revision
 from syncd.adapters.pg import (
     SCHEMA_MISSING_MESSAGE,
@@ -45,6 +51,9 @@ from syncd.adapters.pg import (
 )
 from syncd.core.errors import ConflictError, SchemaMissing
 from syncd.core.model import CONFIG_FIELDS, DesiredTask, Row, TaskConfig
+
+if TYPE_CHECKING:
+    from syncd.adapters.executions import ExecutionReader
 
 # A fixed 64-bit key, derived rather than invented so no other application picks it by chance.
 SYNC_LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd.sync").digest()[:8], "big", signed=True)
@@ -61,6 +70,32 @@ _WRITTEN = (
     "source_line",
     "git_revision",
 )
+# What read_rows selects: the row's bookkeeping, then TaskConfig's fields in its order.
+_READ_COLUMNS = (
+    "id",
+    "managed_by",
+    "content_hash",
+    "source_file",
+    "source_line",
+    "git_revision",
+    *(field.name for field in dataclasses.fields(TaskConfig)),
+)
+_READ_ROWS = sql.SQL("SELECT {} FROM {}").format(
+    sql.SQL(", ").join(map(sql.Identifier, _READ_COLUMNS)), sql.Identifier(_t.name)
+)
+# The columns COPY writes, in `_copy_row`'s order (created_at takes its default).
+_COPIED = ("id", *_WRITTEN, "managed_by")
+_COPY_ROWS = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    sql.Identifier(_t.name), sql.SQL(", ").join(map(sql.Identifier, _COPIED))
+)
+# Ids for n new rows, drawn as an INSERT would (the identity column's sequence), which is
+# looked up once: called per row, pg_get_serial_sequence cost more than the nextval.
+_NEW_IDS = sql.SQL(
+    "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence({}, 'id')::regclass AS seq) "
+    "SELECT nextval(s.seq) FROM s, generate_series(1, %s)"
+).format(sql.Literal(_t.name))
+# The JSON columns' text: what psycopg's Jsonb dumper sends (json.dumps defaults).
+_JSON = json.JSONEncoder()
 _ROW_COLUMNS = (
     _t.c.id,
     _t.c.name,
@@ -78,7 +113,14 @@ class DbStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.executions = ExecutionReader(engine)
+
+    @functools.cached_property
+    def executions(self) -> ExecutionReader:
+        """The `task_executions` reader on the same engine (imported when first used: a
+        sync never reads history)."""
+        from syncd.adapters.executions import ExecutionReader  # noqa: PLC0415
+
+        return ExecutionReader(self._engine)
 
     @classmethod
     def from_url(cls, url: str) -> DbStore:
@@ -120,18 +162,34 @@ class DbStore:
             _release_lock(conn)
 
     def read_rows(self) -> tuple[dict[str, Row], frozenset[str]]:
-        """Managed rows by name, and the names of rows someone else manages (one query)."""
+        """Managed rows by name, and the names of rows someone else manages (one query).
+
+        Read through the driver as plain tuples, the config's columns in `TaskConfig`'s
+        field order: every row of the table is read on every sync, and a result row
+        object per row cost more than the query."""
         managed: dict[str, Row] = {}
         unmanaged: set[str] = set()
-        with translate_errors(self._engine.url), self._engine.connect() as conn:
-            # all(): one fetchall, not a driver fetchone per row.
-            records = conn.execute(select(*_ROW_COLUMNS)).mappings().all()
-        for record in records:
-            if record["managed_by"] == MANAGED_BY_SYNCD:
-                managed[record["name"]] = _row_from(record)
+        with self._cursor("read task_configs") as cursor:
+            set_json_loads(_load_json, cursor)
+            records = cursor.execute(_READ_ROWS).fetchall()
+        for row_id, managed_by, stored_hash, source, line, revision, *config in records:
+            if managed_by == MANAGED_BY_SYNCD:
+                task = TaskConfig(*config)
+                managed[task.name] = Row(row_id, task, stored_hash, source, line, revision)
             else:
-                unmanaged.add(record["name"])
+                unmanaged.add(config[0])
         return managed, frozenset(unmanaged)
+
+    @contextmanager
+    def _cursor(self, what: str) -> Iterator[psycopg.Cursor[Any]]:
+        """A driver cursor on a pooled connection, errors translated as everywhere here."""
+        with (
+            translate_errors(self._engine.url),
+            self._engine.connect() as conn,
+            _driver_errors(what),
+            _driver(conn).cursor() as cursor,
+        ):
+            yield cursor
 
     def read_foreign_ids(self) -> frozenset[int]:
         """Ids of rows syncd does not manage: their status keys are not syncd's to remove."""
@@ -249,13 +307,79 @@ def _values(task: DesiredTask, revision: str | None) -> dict[str, Any]:
 def _insert_rows(
     conn: Connection, creates: Sequence[DesiredTask], revision: str | None
 ) -> dict[str, int]:
+    """COPY the new rows in, ids taken from the table's identity sequence beforehand.
+
+    COPY parses rows in bulk with no SQL text, JSON document or per-row RETURNING to
+    build; the ids are drawn first (sorted, so rows get them in plan order, as one
+    INSERT would give them) because COPY returns nothing. A value the server refuses
+    fails the COPY like it failed the INSERT (a StoreRefused, a ConflictError for a
+    name taken by now), inside the caller's transaction.
+    """
     if not creates:
         return {}
-    src = jsonb_records(_t, _WRITTEN, [_values(task, revision) for task in creates])
-    rows = select(*(src.c[name] for name in _WRITTEN), literal(MANAGED_BY_SYNCD))
-    # RETURNING the name too: no reliance on the order rows come back in.
-    stmt = insert(_t).from_select([*_WRITTEN, "managed_by"], rows).returning(_t.c.id, _t.c.name)
-    return {name: row_id for row_id, name in conn.execute(stmt)}
+    # Hashed before the COPY starts (each config caches its hash): the server waits for
+    # rows while COPY is open, and hashing is most of the client's work per row.
+    hashes = [task.config.content_hash() for task in creates]
+    with _driver_errors("COPY task_configs"), _driver(conn).cursor() as cursor:
+        cursor.execute(_NEW_IDS, (len(creates),))
+        ids = sorted(row_id for (row_id,) in cursor.fetchall())
+        with cursor.copy(_COPY_ROWS) as copy:
+            for row_id, task, digest in zip(ids, creates, hashes, strict=True):
+                copy.write_row(_copy_row(row_id, task, digest, revision))
+    return {task.name: row_id for row_id, task in zip(ids, creates, strict=True)}
+
+
+@contextmanager
+def _driver_errors(statement: str) -> Iterator[None]:
+    """Wrap what psycopg raises as SQLAlchemy wraps it for its own statements, so callers
+    see one kind of error whether a statement went through SQLAlchemy or the driver."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+def _load_json(data: str | bytes) -> Any:
+    # The server's own rendering of a jsonb value: valid JSON, no surrounding space, so
+    # the scanner alone is enough (json.loads adds encoding detection and checks; twice
+    # the cost, for 2 values per row of every sync).
+    return _DECODE_JSON(data if isinstance(data, str) else data.decode())[0]
+
+
+_DECODE_JSON = json.JSONDecoder().raw_decode
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under `conn`, in the transaction `conn` began."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+    return driver
+
+
+def _copy_row(row_id: int, task: DesiredTask, digest: str, revision: str | None) -> tuple[Any, ...]:
+    """The values of `_COPIED`, in order; JSON columns as text the server parses once."""
+    config = task.config
+    return (
+        row_id,
+        config.name,
+        config.description,
+        config.task_type,
+        config.scheduler_type,
+        _JSON.encode(config.schedule_config),
+        _JSON.encode(config.parameters),
+        config.max_retries,
+        config.retry_backoff_seconds,
+        config.retry_backoff_max_seconds,
+        config.timeout_seconds,
+        config.priority,
+        config.enabled,
+        digest,
+        task.source,
+        task.line,
+        revision,
+        MANAGED_BY_SYNCD,
+    )
 
 
 def _update_rows(

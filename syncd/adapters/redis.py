@@ -1,4 +1,4 @@
-"""syncd's schedules and statuses in Redis: bulk reads and chunked, atomic writes.
+"""syncd's schedules and statuses in Redis: bulk reads, pipelined small atomic writes.
 
 The reconcile reads every schedule and status through `RedisStore` and hands it the
 plan's writes as `RedisOp`s; `pause` and `resume` use it to set a status.
@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -32,8 +33,13 @@ from syncd.core.errors import StoreUnavailable
 from syncd.core.keys import STATUSES, KeyLayout
 from syncd.core.model import ScheduleRecord
 
-SCAN_COUNT = 1000
+SCAN_COUNT = 5000
 MGET_CHUNK = 1000
+# Ops per MULTI/EXEC: a transaction runs alone in Redis, so a scheduler polling meanwhile
+# waits for at most one of them (about a millisecond at this size).
+TRANSACTION_OPS = 1000
+# Transactions sent before the first reply is read: the round trips of a bulk write.
+WINDOW_TRANSACTIONS = 10
 UNREADABLE: dict[str, Any] = {"__unreadable__": True}
 URL_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
 SCHEMES = ("redis", "rediss", "unix")  # redis-py's, lower case only
@@ -203,58 +209,56 @@ class RedisStore:
 
     def apply(
         self,
-        ops: Sequence[RedisOp],
-        chunk_size: int = 2000,
+        ops: Iterable[RedisOp],
+        chunk_size: int = TRANSACTION_OPS,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         """Run `ops` in order, `chunk_size` per MULTI/EXEC; `on_progress(done)` after each.
 
-        A crash or lost connection leaves each chunk all-or-nothing, and every op is
-        idempotent, so a retried chunk ends the same. Redis does not roll back a command that
-        fails inside EXEC (e.g. WRONGTYPE): the rest of that chunk applies, then this raises.
+        The transactions are pipelined, `WINDOW_TRANSACTIONS` per round trip: Redis runs
+        one transaction at a time (so a scheduler waits at most one small EXEC), while the
+        client never waits for a reply between two of them. `ops` is read one window at
+        a time, so a generator of ops is never held whole. A crash or lost connection
+        leaves each transaction all-or-nothing, and every op is idempotent, so a retried
+        window ends the same. Redis does not roll back a command that fails inside EXEC
+        (e.g. WRONGTYPE): the rest of that window applies, then this raises.
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
-        for start in range(0, len(ops), chunk_size):
-            chunk = ops[start : start + chunk_size]
+        pending = iter(ops)
+        done = 0
+        while chunks := _next_window(pending, chunk_size):
             with self._translated():
-                pipe = self._client.pipeline(transaction=True)
-                for op in chunk:
-                    self._queue(pipe, op)
-                # Schedulers poll this key: unchanged means their cached list is current. A
-                # fresh token, not INCR: junk written to the key must not wedge every sync.
-                pipe.set(self._layout.version_key, uuid.uuid4().hex)
-                pipe.execute()
-            if on_progress is not None:
-                on_progress(start + len(chunk))
+                self._run_transactions(chunks)
+            for chunk in chunks:
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(done)
+
+    def _run_transactions(self, chunks: Sequence[Sequence[RedisOp]]) -> None:
+        """One round trip: MULTI, the chunk's commands, the version token, EXEC, per chunk."""
+        pipe = self._client.pipeline(transaction=False)
+        for chunk in chunks:
+            _send(pipe, ("MULTI",))
+            for command in ops_commands(self._layout, chunk):
+                _send(pipe, command)
+            # Schedulers poll this key: unchanged means their cached list is current. A
+            # fresh token, not INCR: junk written to the key must not wedge every sync.
+            _send(pipe, ("SET", self._layout.version_key, uuid.uuid4().hex))
+            _send(pipe, ("EXEC",))
+        # Error replies to MULTI, a queued command or EXEC (EXECABORT) raise here; a
+        # command that failed inside EXEC is an error object in EXEC's reply.
+        for reply in pipe.execute():
+            if isinstance(reply, list):
+                _raise_first_error(reply)
 
     def set_status(self, config_id: int, status: str) -> None:
         self.apply([SetStatus(config_id, status)])
 
     def _queue(self, pipe: Pipeline, op: RedisOp) -> None:
-        # Every key and entry goes out as bytes (`_raw`): one read back from Redis may hold
-        # surrogates, which the hiredis command packer refuses to encode.
-        layout = self._layout
-        if isinstance(op, PutSchedule):
-            sid = op.schedule_id
-            pipe.set(_raw(layout.data_key(sid)), json.dumps(op.payload, separators=(",", ":")))
-            # LREM scans a whole list, so it is sent only for the lists the read under the
-            # sync lock found the id in: nothing else adds to the index lists (the scheduler
-            # only removes one-shots it sent), so a list the read did not find it in does not
-            # hold it now. Updates (already listed once in the right list) and new schedules
-            # (listed nowhere) cost no scan, and bulk writes stay linear instead of quadratic.
-            if op.current_lists != (op.index_key,):
-                if op.current_lists:
-                    _lrem_all(pipe, sid, set(op.current_lists))
-                pipe.rpush(_raw(op.index_key), _raw(sid))
-        elif isinstance(op, RemoveSchedule):
-            pipe.delete(_raw(layout.data_key(op.schedule_id)))
-            lists = {*op.current_lists, layout.cron_key, layout.interval_key}
-            _lrem_all(pipe, op.schedule_id, lists)
-        elif isinstance(op, SetStatus):
-            pipe.set(layout.status_key(op.config_id), op.status)
-        else:
-            pipe.delete(layout.status_key(op.config_id))
+        """Queue one op's commands on `pipe` (`ops_commands` is the bulk form)."""
+        for command in _single_commands(self._layout, op):
+            _send(pipe, command)
 
     def _translated(self) -> AbstractContextManager[None]:
         return translate_errors(f"Redis at {self._url}")
@@ -269,16 +273,112 @@ def translate_errors(where: str) -> Iterator[None]:
         raise StoreUnavailable(f"{where}: {exc}") from exc
 
 
-def _lrem_all(pipe: Pipeline, schedule_id: str, lists: Iterable[str]) -> None:
-    member = cast(str, _raw(schedule_id))  # bytes, which redis-py's annotation omits
-    for key in sorted(lists):
-        pipe.lrem(_raw(key), 0, member)
+Command = tuple[str | bytes | int, ...]
+
+
+def ops_commands(layout: KeyLayout, ops: Iterable[RedisOp]) -> list[Command]:
+    """The Redis commands of `ops`, with the same effect as running them one by one.
+
+    Runs of status sets and of schedule puts that need no LREM become one MSET and one
+    RPUSH per list (ids in op order), which is what a bulk write is made of: fewer
+    commands for the client to pack and for Redis to parse and queue. Commands on
+    distinct keys commute, each key keeps the order of its writes, and anything that
+    deletes or scans a list (DEL, LREM) first flushes what is pending, so the order of
+    operations on every key is the op order.
+    """
+    commands: list[Command] = []
+    pairs: list[str | bytes] = []  # MSET key, value, key, value...
+    pushes: dict[str, list[bytes]] = {}  # list key -> ids to append, in order
+
+    def flush() -> None:
+        if pairs:
+            commands.append(("MSET", *pairs))
+            pairs.clear()
+        commands.extend(("RPUSH", _raw(key), *ids) for key, ids in pushes.items())
+        pushes.clear()
+
+    for op in ops:
+        if isinstance(op, SetStatus):
+            pairs += (layout.status_key(op.config_id), op.status)
+        elif isinstance(op, PutSchedule) and not _relists(op):
+            sid = op.schedule_id
+            pairs += (_raw(layout.data_key(sid)), payload_json(op.payload))
+            if op.current_lists != (op.index_key,):
+                pushes.setdefault(op.index_key, []).append(_raw(sid))
+        else:
+            flush()
+            commands += _single_commands(layout, op)
+    flush()
+    return commands
+
+
+def payload_json(payload: dict[str, Any]) -> bytes:
+    """The stored form of a schedule: compact JSON (ASCII: non-ASCII is escaped)."""
+    return _COMPACT.encode(payload).encode("ascii")
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# json.loads without its per-call set-up: the decoder of every schedule a sync reads.
+_DECODE_JSON = json.JSONDecoder().decode
+
+
+def _relists(op: PutSchedule) -> bool:
+    """Whether the put must take its id out of lists first (found listed, not just right)."""
+    return bool(op.current_lists) and op.current_lists != (op.index_key,)
+
+
+def _single_commands(layout: KeyLayout, op: RedisOp) -> list[Command]:
+    """The commands of one op.
+
+    Every key and entry goes out as bytes (`_raw`): one read back from Redis may hold
+    surrogates, which the hiredis command packer refuses to encode.
+    """
+    if isinstance(op, PutSchedule):
+        sid = op.schedule_id
+        data: Command = ("SET", _raw(layout.data_key(sid)), payload_json(op.payload))
+        # LREM scans a whole list, so it is sent only for the lists the read under the
+        # sync lock found the id in: nothing else adds to the index lists (the scheduler
+        # only removes one-shots it sent), so a list the read did not find it in does not
+        # hold it now. Updates (already listed once in the right list) and new schedules
+        # (listed nowhere) cost no scan, and bulk writes stay linear instead of quadratic.
+        if op.current_lists == (op.index_key,):
+            return [data]
+        removals = [("LREM", _raw(key), 0, _raw(sid)) for key in sorted(set(op.current_lists))]
+        return [data, *removals, ("RPUSH", _raw(op.index_key), _raw(sid))]
+    if isinstance(op, RemoveSchedule):
+        lists = {*op.current_lists, layout.cron_key, layout.interval_key}
+        removals = [("LREM", _raw(key), 0, _raw(op.schedule_id)) for key in sorted(lists)]
+        return [("DEL", _raw(layout.data_key(op.schedule_id))), *removals]
+    if isinstance(op, SetStatus):
+        return [("SET", layout.status_key(op.config_id), op.status)]
+    return [("DEL", layout.status_key(op.config_id))]
+
+
+def _next_window(ops: Iterator[RedisOp], chunk_size: int) -> list[list[RedisOp]]:
+    """The next transactions' ops (up to WINDOW_TRANSACTIONS chunks); empty at the end."""
+    chunks: list[list[RedisOp]] = []
+    while len(chunks) < WINDOW_TRANSACTIONS and (chunk := list(islice(ops, chunk_size))):
+        chunks.append(chunk)
+    return chunks
+
+
+def _send(pipe: Pipeline, command: Command) -> None:
+    # redis-py leaves Pipeline.execute_command unannotated.
+    queue = cast(Callable[..., object], pipe.execute_command)
+    queue(*command)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    """Raise the first error inside an EXEC reply (a command that failed when run)."""
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
 
 
 def _parse_payload(raw: bytes) -> dict[str, Any]:
     """JSON object or the UNREADABLE marker (pickle or other junk is never deserialised)."""
     try:
-        value = json.loads(raw.decode("utf-8"))
+        value = _DECODE_JSON(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return dict(UNREADABLE)
     return value if isinstance(value, dict) else dict(UNREADABLE)
