@@ -146,6 +146,7 @@ def test_another_policy_or_registry_is_another_key(
         "__WRONG_DIGEST__",
         "__TASK_LINE_AS_STRING__",
         "__BAD_SEVERITY__",
+        "__BAD_HASH__",
     ],
 )
 def test_a_damaged_entry_is_a_miss_and_is_written_again(
@@ -168,6 +169,8 @@ def _damaged(text: str, how: str) -> str:
         entry["digest"] = "0" * 64
     elif how == "__TASK_LINE_AS_STRING__":
         entry["tasks"][0][0] = "4"
+    elif how == "__BAD_HASH__":
+        entry["tasks"][0][2] = "not a hash"
     elif how == "__BAD_SEVERITY__":
         entry["problems"].append([1, 1, "made up", "fatal"])
     else:
