@@ -4,7 +4,7 @@ Starts the real daemon (a subprocess, JSON logs) on a private PostgreSQL databas
 Redis db, waits for the first sync, makes 50 single-file edits that each change one task's
 interval (alternately in place and as an atomic rename) and polls Redis for each new
 payload; then rewrites every file at once (a checkout-like burst) and counts reconciles;
-then reads the no-op resync durations from the log.
+then reads the no-op resync durations from the log and the daemon's steady RSS.
 Usage: .venv/bin/python bench/watch_bench.py [--tasks N --files M --edits K]
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,14 @@ def reconciles(path: Path, trigger: str | None = None) -> list[dict[str, Any]]:
         for e in log_entries(path)
         if e["message"].startswith("reconciled") and trigger in (None, e.get("trigger"))
     ]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -162,6 +172,7 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=50)
     parser.add_argument("--resync-interval", type=float, default=10.0)
     parser.add_argument("--resyncs", type=int, default=3, help="no-op resyncs to time")
+    parser.add_argument("--keep-log", type=Path, help="copy the daemon's log here")
     args = parser.parse_args()
     with (
         private_database() as database_url,
@@ -169,7 +180,9 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-        env.update(SYNCD_DATABASE_URL=database_url, SYNCD_REDIS_URL=redis_url)
+        # The generated tasks write below /tmp/bench: the bench policy allows it.
+        policy = os.environ.get("SYNCD_POLICY", str(REPO / "bench" / "policy.yaml"))
+        env.update(SYNCD_DATABASE_URL=database_url, SYNCD_REDIS_URL=redis_url, SYNCD_POLICY=policy)
         subprocess.run(
             [sys.executable, "-m", "syncd.cli", "migrate"], env=env, cwd=REPO, check=True
         )
@@ -197,10 +210,20 @@ def run(
     try:
         with redis.Redis.from_url(redis_url) as conn:
             report(
-                root, args, log_path, port, started=started, database_url=database_url, conn=conn
+                root,
+                args,
+                log_path,
+                port,
+                started=started,
+                database_url=database_url,
+                conn=conn,
+                pid=proc.pid,
             )
+        print(f"steady RSS after the resyncs: {rss_mb(proc.pid):.0f} MB")
         proc.send_signal(signal.SIGTERM)
         print(f"SIGTERM -> exit code {proc.wait(timeout=60)}")
+        if args.keep_log:
+            shutil.copyfile(log_path, args.keep_log)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -216,12 +239,15 @@ def report(
     started: float,
     database_url: str,
     conn: redis.Redis,
+    pid: int,
 ) -> None:
-    wait_for(lambda: is_healthy(port), 600, "the first sync", step=0.1)
+    # /healthz turns 200 a moment before the reconcile's log line is written.
+    wait_for(lambda: is_healthy(port) and reconciles(log_path), 600, "the first sync", step=0.1)
     first = reconciles(log_path)[0]
     print(
         f"initial sync: healthy {time.perf_counter() - started:.1f} s after start "
-        f"(reconcile {first['duration_ms']} ms, {first['created']} created)"
+        f"(reconcile {first['duration_ms']} ms, {first['created']} created), "
+        f"RSS {rss_mb(pid):.0f} MB"
     )
     with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as db:
         ids: dict[str, int] = dict(db.execute("SELECT name, id FROM task_configs").fetchall())
@@ -232,10 +258,13 @@ def report(
     print(f"  atomic rename:  {describe(atomic)}")
     edits = [float(e["duration_ms"]) for e in reconciles(log_path, "change") if e["updated"] == 1]
     print(f"  reconcile part: {describe(edits)}")
+    paths = Counter(str(e.get("path")) for e in reconciles(log_path, "change"))
+    print(f"  paths of the change reconciles: {dict(paths)}")
+    print(f"  RSS after the edits: {rss_mb(pid):.0f} MB")
     count, seconds = measure_burst(root, args, log_path)
     print(
         f"burst: {args.files} files rewritten ({args.tasks} tasks updated) -> {count} "
-        f"reconcile(s), applied {seconds:.1f} s after the last write"
+        f"reconcile(s), applied {seconds:.1f} s after the last write; RSS {rss_mb(pid):.0f} MB"
     )
     seen = len(reconciles(log_path, "resync"))
     wait_for(

@@ -13,13 +13,15 @@ Plan; nothing is rebuilt from the taskdefs.
 
 `on_phase(name, seconds)` is told how long each phase took (load, revision, desired, lock,
 read, plan, postgresql, redis_ops, redis), so a benchmark times this very code rather than
-a copy of it.
+a copy of it. `hooks` let the daemon run its own steps at fixed points under the sync lock
+(note the stores' version marks, see what was read, write Redis its own way) without a
+second copy of this sequence.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +50,8 @@ from syncd.load.loader import LoadCache, LoadResult, build_desired, load_taskdef
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 PhaseHook = Callable[[str, float], None]  # (phase, seconds)
+# Writes the Redis ops in order, reporting how many are done.
+RedisWriter = Callable[[Sequence[RedisOp], Callable[[int], None] | None], None]
 DEFAULT_OPTIONS = SyncOptions()
 
 
@@ -90,14 +94,36 @@ class ApplyResult:
     # Files whose rows PostgreSQL refused: nothing of theirs was written (frozen as last
     # applied), one error each naming the task.
     refused: tuple[Problem, ...] = ()
+    ids: Mapping[str, int] = field(default_factory=dict)  # of the rows created
+    # The status keys written: config id -> new value, None for a deleted key.
+    status_writes: Mapping[int, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a reconcile found and did. `statuses`: every task's status key as the stores
+    hold it afterwards (as read, with the reconcile's own status writes), so a caller
+    needs no second read of every status; None when nobody read them."""
+
     loaded: LoadResult
     plan: Plan
     applied: ApplyResult | None = None
     refusals: tuple[str, ...] = field(default=())
+    statuses: Mapping[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Steps a caller adds to `reconcile_once`, all under the sync lock (real runs only).
+
+    `locked`: right after the lock is taken, before the read; `read`: with what was read;
+    `rows_written`: after the PostgreSQL transaction committed; `write_redis`: writes the
+    Redis ops instead of `RedisStore.apply`."""
+
+    locked: Callable[[Stores], None] | None = None
+    read: Callable[[Actual], None] | None = None
+    rows_written: Callable[[Stores], None] | None = None
+    write_redis: RedisWriter | None = None
 
 
 def read_actual(stores: Stores) -> Actual:
@@ -126,6 +152,7 @@ def reconcile_once(
     cache: LoadCache | None = None,
     progress: Progress | None = None,
     on_phase: PhaseHook | None = None,
+    hooks: Hooks | None = None,
 ) -> Outcome:
     """Make the stores match the taskdefs (or, with dry_run, say how).
 
@@ -133,30 +160,68 @@ def reconcile_once(
     decides how loudly to fail. Store failures raise StoreUnavailable.
     """
     timed = _Timer(on_phase)
+    hooks = hooks or Hooks()
     with gc_paused(), ExitStack() as held:
         with timed("load"):
             loaded = load_taskdefs(
                 taskdefs, catalog.params, now=now, cache=cache, policy=catalog.policy
             )
+            warm_hashes(loaded)
         with timed("revision"):
             revision = revision_of(taskdefs) if taskdefs.is_dir() else None
         if not options.dry_run:
             with timed("lock"):
                 held.enter_context(stores.db.sync_lock(options.lock_wait_seconds))
+            if hooks.locked is not None:
+                hooks.locked(stores)
         with timed("read"):
             actual = read_actual(stores)
+        if hooks.read is not None:
+            hooks.read(actual)
         with timed("desired"):
             loaded = loaded.settle_duplicates(owners_of(actual))
             desired = build_desired(loaded, catalog, revision)
         with timed("plan"):
             the_plan = plan(desired, actual, now, stores.layout)
+        # The plan carries every write: the payloads read (the bulk of a reconcile's
+        # memory) can go before the apply builds its own.
+        statuses = actual.statuses
+        del actual
         refusals = check_guards(the_plan, options)
         if options.dry_run or the_plan.is_empty or refusals:
-            return Outcome(loaded, the_plan, None, refusals)
-        applied = apply_plan(the_plan, stores, progress=progress, timed=timed)
+            return Outcome(loaded, the_plan, None, refusals, statuses)
+        applied = apply_plan(
+            the_plan,
+            stores,
+            progress=progress,
+            timed=timed,
+            write_redis=hooks.write_redis,
+            rows_written=hooks.rows_written,
+        )
     if applied.refused:
         loaded = loaded.with_problems(applied.refused)
-    return Outcome(loaded, the_plan, applied, refusals)
+    return Outcome(
+        loaded, the_plan, applied, refusals, statuses_after(statuses, applied.status_writes)
+    )
+
+
+def warm_hashes(loaded: LoadResult) -> None:
+    """Compute each config's (cached) content hash now, beside the configs just loaded:
+    computed during the plan, 10,000 long-lived strings would sit among the read's
+    short-lived objects, and keep that memory from being given back."""
+    for task in loaded.tasks:
+        task.config.content_hash()
+
+
+def statuses_after(statuses: Mapping[int, str], writes: Mapping[int, str | None]) -> dict[int, str]:
+    """The status keys once `writes` (config id -> value, None: deleted) are applied."""
+    after = dict(statuses)
+    for config_id, value in writes.items():
+        if value is None:
+            after.pop(config_id, None)
+        else:
+            after[config_id] = value
+    return after
 
 
 def apply_plan(
@@ -165,11 +230,14 @@ def apply_plan(
     *,
     progress: Progress | None = None,
     timed: _Timer | None = None,
+    write_redis: RedisWriter | None = None,
+    rows_written: Callable[[Stores], None] | None = None,
 ) -> ApplyResult:
     """Write the plan to both stores; raises StoreUnavailable if either fails midway.
 
     A value PostgreSQL refuses costs only its file: the rows are then written file by file,
-    and a refused file's tasks get no row and no Redis write (they stay as last applied)."""
+    and a refused file's tasks get no row and no Redis write (they stay as last applied).
+    `write_redis` replaces `RedisStore.apply`; `rows_written` runs after the rows' commit."""
     timed = timed or _Timer(None)
     writes = _RowWrites.of(the_plan.tasks)
     ids: dict[str, int] = {}
@@ -179,16 +247,36 @@ def apply_plan(
             if progress:
                 progress("postgresql", 0, len(writes))
             ids, refused = _write_rows(stores.db, the_plan, writes)
+            if rows_written is not None:
+                rows_written(stores)
     skipped = frozenset(p.path for p in refused)
     with timed("redis_ops"):
         ops = redis_ops(the_plan, ids, stores.layout, skip_paths=skipped)
     with timed("redis"):
         if ops:
             report = (lambda done: progress("redis", done, len(ops))) if progress else None
-            stores.redis.apply(ops, on_progress=report)
+            if write_redis is None:
+                stores.redis.apply(ops, on_progress=report)
+            else:
+                write_redis(ops, report)
     return ApplyResult(
-        len(writes.creates) + len(writes.updates), len(writes.deletes), len(ops), refused
+        len(writes.creates) + len(writes.updates),
+        len(writes.deletes),
+        len(ops),
+        refused,
+        ids,
+        _status_writes(ops),
     )
+
+
+def _status_writes(ops: Iterable[RedisOp]) -> dict[int, str | None]:
+    writes: dict[int, str | None] = {}
+    for op in ops:
+        if isinstance(op, SetStatus):
+            writes[op.config_id] = op.status
+        elif isinstance(op, DeleteStatus):
+            writes[op.config_id] = None
+    return writes
 
 
 @dataclass(frozen=True)

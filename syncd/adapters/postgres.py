@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -254,6 +255,12 @@ class DbStore:
             found = conn.execute(query).one_or_none()
         return None if found is None else (found.created_at, found.updated_at)
 
+    def rows_mark(self) -> str:
+        """A fingerprint of every `task_configs` row: equal marks mean no row was written
+        between them (for a caller keeping its own view of the rows)."""
+        with translate_errors(self._engine.url), self._engine.connect() as conn:
+            return str(conn.execute(_ROWS_MARK).scalar_one())
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -412,3 +419,10 @@ def _delete_rows(conn: Connection, deletes: Sequence[int]) -> None:
     # The managed_by guard makes "syncd only deletes what it manages" hold even if a
     # caller passes a foreign id; an id already gone is simply nothing to do.
     conn.execute(delete(_t).where(_t.c.id == any_(ids), _t.c.managed_by == MANAGED_BY_SYNCD))
+
+
+# xmin is the id of the transaction that wrote a row version: an UPDATE gives the row a new
+# one, so the sum moves with any write; the count catches the delete of a new row.
+_ROWS_MARK = text(
+    "SELECT count(*)::text || ':' || coalesce(sum(xmin::text::bigint), 0)::text FROM task_configs"
+)

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from syncd.adapters.urls import HostPortProblem, split_host_port
 from syncd.core.errors import StoreUnavailable
-from syncd.core.keys import STATUSES, KeyLayout
+from syncd.core.keys import STATUSES, KeyLayout, schedule_id
 from syncd.core.model import ScheduleRecord
 
 SCAN_COUNT = 5000
@@ -94,6 +94,25 @@ class DeleteStatus:
 
 
 RedisOp = PutSchedule | RemoveSchedule | SetStatus | DeleteStatus
+
+
+@dataclass(frozen=True)
+class SomeState:
+    """The version token and what Redis holds for some config ids, read in one transaction."""
+
+    version: str | None
+    payloads: dict[str, dict[str, Any]]  # schedule id -> payload (only those present)
+    statuses: dict[int, str]  # config id -> raw status (only those present)
+
+
+@dataclass(frozen=True)
+class VersionedWrite:
+    """What `apply_versioned` found: `kept` is False when another writer replaced the
+    version token between `expected` and one of these transactions; `version` is the
+    token the last of them left (`expected` when there was nothing to write)."""
+
+    kept: bool
+    version: str | None
 
 
 class RedisStore:
@@ -223,42 +242,94 @@ class RedisStore:
         window ends the same. Redis does not roll back a command that fails inside EXEC
         (e.g. WRONGTYPE): the rest of that window applies, then this raises.
         """
+        self.apply_versioned(ops, None, chunk_size, on_progress)
+
+    def apply_versioned(
+        self,
+        ops: Iterable[RedisOp],
+        expected: str | None,
+        chunk_size: int = TRANSACTION_OPS,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> VersionedWrite:
+        """`apply`, telling whether anyone else wrote meanwhile.
+
+        Each transaction reads the version token before replacing it, so a caller that
+        knows the token its own last write left (`expected`) learns whether another
+        writer came between it and these writes, or between two of them."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         pending = iter(ops)
-        done = 0
+        done, kept, version = 0, True, expected
         while chunks := _next_window(pending, chunk_size):
+            tokens = [uuid.uuid4().hex for _ in chunks]
             with self._translated():
-                self._run_transactions(chunks)
-            for chunk in chunks:
+                found = self._run_transactions(chunks, tokens)
+            for chunk, before, token in zip(chunks, found, tokens, strict=True):
+                kept, version = kept and before == version, token
                 done += len(chunk)
                 if on_progress is not None:
                     on_progress(done)
+        return VersionedWrite(kept, version)
 
-    def _run_transactions(self, chunks: Sequence[Sequence[RedisOp]]) -> None:
-        """One round trip: MULTI, the chunk's commands, the version token, EXEC, per chunk."""
+    def _run_transactions(
+        self, chunks: Sequence[Sequence[RedisOp]], tokens: Sequence[str]
+    ) -> list[str | None]:
+        """One round trip: per chunk MULTI, GET the version, the chunk's commands, SET the
+        version to its token, EXEC. Returns the token each transaction found."""
         pipe = self._client.pipeline(transaction=False)
-        for chunk in chunks:
+        version_key = self._layout.version_key
+        for chunk, token in zip(chunks, tokens, strict=True):
             _send(pipe, ("MULTI",))
+            _send(pipe, ("GET", version_key))
             for command in ops_commands(self._layout, chunk):
                 _send(pipe, command)
             # Schedulers poll this key: unchanged means their cached list is current. A
             # fresh token, not INCR: junk written to the key must not wedge every sync.
-            _send(pipe, ("SET", self._layout.version_key, uuid.uuid4().hex))
+            _send(pipe, ("SET", version_key, token))
             _send(pipe, ("EXEC",))
         # Error replies to MULTI, a queued command or EXEC (EXECABORT) raise here; a
         # command that failed inside EXEC is an error object in EXEC's reply.
+        found: list[str | None] = []
         for reply in pipe.execute():
             if isinstance(reply, list):
                 _raise_first_error(reply)
+                found.append(_token(reply[0]))
+        return found
+
+    def read_version(self) -> str | None:
+        """The token the last write left (None before any)."""
+        with self._translated():
+            return _token(self._client.get(self._layout.version_key))
+
+    def read_some(self, config_ids: Sequence[int]) -> SomeState:
+        """The version token, and the data and status keys of `config_ids`, in one
+        MULTI/EXEC: what a caller keeping its own view needs to re-plan a few tasks."""
+        layout = self._layout
+        sids = [schedule_id(config_id) for config_id in config_ids]
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(layout.version_key)
+            for start in range(0, len(sids), MGET_CHUNK):
+                pipe.mget([layout.data_key(sid) for sid in sids[start : start + MGET_CHUNK]])
+                chunk = config_ids[start : start + MGET_CHUNK]
+                pipe.mget([layout.status_key(config_id) for config_id in chunk])
+            replies = pipe.execute()
+        data: list[bytes | None] = []
+        status: list[bytes | None] = []
+        for index, reply in enumerate(replies[1:]):
+            (data if index % 2 == 0 else status).extend(cast(list[bytes | None], reply))
+        payloads = {
+            sid: _parse_payload(raw) for sid, raw in zip(sids, data, strict=True) if raw is not None
+        }
+        statuses = {
+            cid: raw.decode("utf-8", "replace")
+            for cid, raw in zip(config_ids, status, strict=True)
+            if raw is not None
+        }
+        return SomeState(_token(replies[0]), payloads, statuses)
 
     def set_status(self, config_id: int, status: str) -> None:
         self.apply([SetStatus(config_id, status)])
-
-    def _queue(self, pipe: Pipeline, op: RedisOp) -> None:
-        """Queue one op's commands on `pipe` (`ops_commands` is the bulk form)."""
-        for command in _single_commands(self._layout, op):
-            _send(pipe, command)
 
     def _translated(self) -> AbstractContextManager[None]:
         return translate_errors(f"Redis at {self._url}")
@@ -307,7 +378,7 @@ def ops_commands(layout: KeyLayout, ops: Iterable[RedisOp]) -> list[Command]:
                 pushes.setdefault(op.index_key, []).append(_raw(sid))
         else:
             flush()
-            commands += _single_commands(layout, op)
+            commands += op_commands(layout, op)
     flush()
     return commands
 
@@ -327,7 +398,7 @@ def _relists(op: PutSchedule) -> bool:
     return bool(op.current_lists) and op.current_lists != (op.index_key,)
 
 
-def _single_commands(layout: KeyLayout, op: RedisOp) -> list[Command]:
+def op_commands(layout: KeyLayout, op: RedisOp) -> list[Command]:
     """The commands of one op.
 
     Every key and entry goes out as bytes (`_raw`): one read back from Redis may hold
@@ -366,6 +437,10 @@ def _send(pipe: Pipeline, command: Command) -> None:
     # redis-py leaves Pipeline.execute_command unannotated.
     queue = cast(Callable[..., object], pipe.execute_command)
     queue(*command)
+
+
+def _token(raw: Any) -> str | None:
+    return None if raw is None else cast(bytes, raw).decode("utf-8", "surrogateescape")
 
 
 def _raise_first_error(replies: list[Any]) -> None:

@@ -65,7 +65,7 @@ class ErrorCode(StrEnum):
     NAME_NOT_MANAGED = "name_not_managed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reason:
     """A stable code for programs and the sentence for people."""
 
@@ -79,16 +79,18 @@ class Reason:
         return {"code": str(self.code), "message": self.message}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FieldChange:
     field: str
     before: Any
     after: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskPlan:
     """Everything that happens to one task; `action` is what git changed.
+
+    Slotted: a plan holds one per task, and the daemon keeps each task's settled plan.
 
     The writes: `write_row` (with `after`, `source`, `line`), `schedule_op` (with `payload`
     and `current_lists`) and `status_op`. `payload` is None for a task this plan creates:
@@ -140,7 +142,7 @@ class TaskPlan:
         return build_schedule(config_id, self.after, self.queue, revision=self.revision)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StraySchedule:
     """A schedule under our prefix that no managed task owns."""
 
@@ -148,7 +150,7 @@ class StraySchedule:
     lists: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     tasks: tuple[TaskPlan, ...]
     strays: tuple[StraySchedule, ...] = ()
@@ -176,17 +178,23 @@ class Plan:
         return sum(1 for t in self.tasks if t.action == action)
 
     def summary(self) -> dict[str, int]:
+        # One pass: the daemon summarises a plan of every task after each reconcile.
+        actions = dict.fromkeys(("create", "update", "delete", "noop"), 0)
+        states = dict.fromkeys(("frozen", "paused", "expired"), 0)
+        drift = 0
+        for t in self.tasks:
+            actions[t.action] += 1
+            if t.state in states:
+                states[t.state] += 1
+            if t.action == "noop" and t.has_changes:
+                drift += 1
         return {
-            "create": self.count("create"),
-            "update": self.count("update"),
-            "delete": self.count("delete"),
-            "unchanged": sum(1 for t in self.tasks if t.action == "noop"),
-            "drift": sum(1 for t in self.tasks if t.is_drift_only)
-            + len(self.strays)
-            + len(self.stray_statuses),
-            "frozen": sum(1 for t in self.tasks if t.state == "frozen"),
-            "paused": sum(1 for t in self.tasks if t.state == "paused"),
-            "expired": sum(1 for t in self.tasks if t.state == "expired"),
+            "create": actions["create"],
+            "update": actions["update"],
+            "delete": actions["delete"],
+            "unchanged": actions["noop"],
+            "drift": drift + len(self.strays) + len(self.stray_statuses),
+            **states,
             "stray_schedules": len(self.strays),
             "stray_statuses": len(self.stray_statuses),
         }

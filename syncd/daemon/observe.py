@@ -10,16 +10,17 @@ PostgreSQL or Redis, and nothing here decides when to reconcile.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from schemas.text import visible
 from syncd.core.lateness import Activity, lateness
@@ -31,6 +32,9 @@ from syncd.reconcile import Outcome
 
 Result = Literal["ok", "error", "refused"]
 RESULTS: tuple[Result, ...] = get_args(Result)
+# How a reconcile ran: only the changed files' tasks re-planned, or everything read and planned.
+ReconcilePath = Literal["incremental", "full"]
+PATHS: tuple[ReconcilePath, ...] = get_args(ReconcilePath)
 TASK_STATES: tuple[TaskState, ...] = get_args(TaskState)
 MAX_PROBLEM_LINES = 50  # the rest are one `syncd validate` away
 # From a no-op on a few tasks (~10 ms) to a first sync of 10,000 (~10 s) and beyond.
@@ -116,12 +120,19 @@ class ReconcileLog:
         self._log = logger
         self._last_problems: tuple[Problem, ...] = ()
 
-    def outcome(self, outcome: Outcome, seconds: float, trigger: str) -> None:
+    def outcome(
+        self,
+        outcome: Outcome,
+        seconds: float,
+        trigger: str,
+        path: ReconcilePath = "full",
+        fallback: str | None = None,
+    ) -> None:
         self._problems(outcome)
         for reason in outcome.refusals:
             self._log.error("sync refused: %s", reason, extra=fields(trigger=trigger))
         if not outcome.refusals:
-            self._reconciled(outcome, seconds, trigger)
+            self._reconciled(outcome, seconds, trigger, path, fallback)
 
     def failure(
         self,
@@ -151,10 +162,21 @@ class ReconcileLog:
                 extra=extra,
             )
 
-    def _reconciled(self, outcome: Outcome, seconds: float, trigger: str) -> None:
+    def _reconciled(
+        self,
+        outcome: Outcome,
+        seconds: float,
+        trigger: str,
+        path: ReconcilePath,
+        fallback: str | None,
+    ) -> None:
         summary = outcome.plan.summary()
+        # `fallback`: why a change was reconciled in full rather than incrementally.
+        more = {} if fallback is None else {"fallback": fallback}
         extra = fields(
             trigger=trigger,
+            path=path,
+            **more,
             duration_ms=round(seconds * 1000),
             created=summary["create"],
             updated=summary["update"],
@@ -245,7 +267,7 @@ def task_samples(
             continue
         runs = activity.get(task.config_id)
         status = statuses.get(task.config_id)
-        late = lateness(_running_config(task, applied), status, runs, now, grace_seconds)
+        late = lateness(running_config(task, applied), status, runs, now, grace_seconds)
         success = runs.last_success if runs is not None else None
         samples.append(
             TaskSample(
@@ -255,7 +277,7 @@ def task_samples(
     return samples
 
 
-def _running_config(task: TaskPlan, applied: bool) -> TaskConfig:
+def running_config(task: TaskPlan, applied: bool) -> TaskConfig:
     """The configuration the scheduler has: git's once applied, else the row's."""
     config = (task.after if applied else task.before) or task.before or task.after
     if config is None:  # a plan always carries one side
@@ -270,6 +292,12 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.reconciles = Counter(
             "syncd_reconciles", "Reconciles by result", ["result"], registry=r
+        )
+        self.paths = Counter(
+            "syncd_reconcile_paths",
+            "Reconciles run to the end, by path (incremental: only changed files re-planned)",
+            ["path"],
+            registry=r,
         )
         self.errors = Counter(
             "syncd_reconcile_errors", "Failed reconciles by error kind", ["kind"], registry=r
@@ -295,34 +323,25 @@ class Metrics:
         self.is_leader = Gauge(
             "syncd_is_leader", "1 while this daemon holds the leader lease", registry=r
         )
-        self.task_last_success = Gauge(
-            "syncd_task_last_success_timestamp_seconds",
-            "Unix time the newest successful run of a task ended",
-            ["task"],
-            registry=r,
-        )
-        self.task_missed = Gauge(
-            "syncd_task_missed_fires",
-            "Fires of a task due (past the grace) with no run since its last one",
-            ["task"],
-            registry=r,
-        )
-        self.task_late = Gauge(
-            "syncd_task_late", "1 while a task's due fire has no run", ["task"], registry=r
-        )
-        self._task_names: set[str] = set()
+        self.task_series = TaskSeries()
+        r.register(self.task_series)
         if is_leader is not None:
             # Read at scrape time: true even while a long reconcile blocks the main loop.
             self.is_leader.set_function(lambda: float(is_leader()))
         for result in RESULTS:  # every series exists from the start, so rate() sees the first
             self.reconciles.labels(result)
+        for path in PATHS:
+            self.paths.labels(path)
         for state in TASK_STATES:
             self.tasks.labels(state)
 
-    def record_outcome(self, outcome: Outcome, seconds: float, wall_time: float) -> Result:
+    def record_outcome(
+        self, outcome: Outcome, seconds: float, wall_time: float, path: ReconcilePath = "full"
+    ) -> Result:
         """Count a reconcile that ran to the end (applied, nothing to do, or refused)."""
         result = outcome_result(outcome)
         self.reconciles.labels(result).inc()
+        self.paths.labels(path).inc()
         self.duration.observe(seconds)
         for state, count in task_state_counts(outcome.plan).items():
             self.tasks.labels(state).set(count)
@@ -334,32 +353,14 @@ class Metrics:
         return result
 
     def record_tasks(self, samples: Sequence[TaskSample]) -> None:
-        """Set every task's series; drop those of tasks no longer there."""
-        names = {sample.name for sample in samples}
-        self._drop_tasks(self._task_names - names)
-        for sample in samples:
-            if sample.last_success is None:
-                self._remove(self.task_last_success, sample.name)
-            else:
-                self.task_last_success.labels(sample.name).set(sample.last_success)
-            self.task_missed.labels(sample.name).set(sample.missed)
-            self.task_late.labels(sample.name).set(float(sample.late))
-        self._task_names = names
+        """Set every task's series; those of tasks no longer there are gone."""
+        new = tuple(samples)
+        if new != self.task_series.samples:  # else keep the older objects (see TaskSeries)
+            self.task_series.samples = new
 
     def clear_tasks(self) -> None:
         """No task series: only the leader, which reads the tasks, exports them."""
-        self._drop_tasks(self._task_names)
-        self._task_names = set()
-
-    def _drop_tasks(self, names: set[str]) -> None:
-        for name in names:
-            for gauge in (self.task_last_success, self.task_missed, self.task_late):
-                self._remove(gauge, name)
-
-    @staticmethod
-    def _remove(gauge: Gauge, name: str) -> None:
-        with contextlib.suppress(KeyError):  # never set: nothing to remove
-            gauge.remove(name)
+        self.task_series.samples = ()
 
     def record_failure(self, kind: str, seconds: float) -> None:
         """Count a reconcile that raised (a store down, the lock held, a bug)."""
@@ -369,6 +370,40 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TaskSeries(Collector):
+    """The per-task gauges, rendered from the last samples at scrape time.
+
+    Three labelled `Gauge`s would keep a child object per task and series (about 21 MB at
+    10,000 tasks); a tuple of samples costs a hundredth of that. Replaced whole, never
+    mutated, so a scrape in the HTTP thread always sees one consistent set. Equal samples
+    keep the older tuple: a refresh then leaves nothing of its own allocated."""
+
+    def __init__(self) -> None:
+        self.samples: tuple[TaskSample, ...] = ()
+
+    def collect(self) -> Iterable[Metric]:
+        samples = self.samples
+        success = GaugeMetricFamily(
+            "syncd_task_last_success_timestamp_seconds",
+            "Unix time the newest successful run of a task ended",
+            labels=["task"],
+        )
+        missed = GaugeMetricFamily(
+            "syncd_task_missed_fires",
+            "Fires of a task due (past the grace) with no run since its last one",
+            labels=["task"],
+        )
+        late = GaugeMetricFamily(
+            "syncd_task_late", "1 while a task's due fire has no run", labels=["task"]
+        )
+        for sample in samples:
+            if sample.last_success is not None:
+                success.add_metric([sample.name], sample.last_success)
+            missed.add_metric([sample.name], sample.missed)
+            late.add_metric([sample.name], float(sample.late))
+        return [success, missed, late]
 
 
 # -- health --------------------------------------------------------------------------

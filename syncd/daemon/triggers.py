@@ -1,9 +1,11 @@
 """When the daemon reconciles: which file events matter, the dirty flag, backoff. Pure.
 
 Level-triggered: an event or the resync timer only marks the state dirty, and the loop
-reconciles the whole directory when it is due, so a missed or coalesced event costs
-latency, never correctness. No I/O here but `dir_identity`'s stat, and no clock: times
-are passed in (monotonic seconds).
+reconciles the directory when it is due, so a missed or coalesced event costs latency,
+never correctness. Which files changed is not taken from the events: the incremental
+reconcile compares what it loads with what was last applied. `Timing.wants_full` says
+when it must not be tried (a resync, a retry, a new leader, the start). No I/O here but
+`dir_identity`'s stat, and no clock: times are passed in (monotonic seconds).
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def has_relevant(
     return any(is_relevant(change, path, root, is_dir) for change, path in changes)
 
 
+def relevant_files(
+    changes: Iterable[FileChange], root: Path, is_dir: Callable[[str], bool] = os.path.isdir
+) -> int:
+    """How many distinct paths of the batch are relevant (a burst names many)."""
+    return len({path for change, path in changes if is_relevant(change, path, root, is_dir)})
+
+
 @dataclass
 class Timing:
     """When the next reconcile is due, on a monotonic clock; no I/O, no clock of its own."""
@@ -72,6 +81,7 @@ class Timing:
     failures: int = 0
     retry_at: float = 0.0
     next_resync: float = 0.0
+    resync_deferred: bool = False  # a due resync already let one change go first
 
     def mark_dirty(self, cause: str) -> None:
         if not self.dirty:
@@ -95,12 +105,30 @@ class Timing:
         self.failures = 0
         self.retry_at = 0.0
 
-    def finished(self, now: float) -> None:
-        """Applied, nothing to do, or refused: not a failure to retry, wait for a change."""
+    def wants_full(self, now: float) -> bool:
+        """Only a file change may be reconciled incrementally; a resync, a retry, a new
+        leader and the start read and plan everything. A change pending when the resync
+        falls due goes first, once: the incremental reconcile leaves the resync due, so
+        it runs next, however fast the changes come."""
+        if self.failures > 0 or not self.dirty or self.cause != "change":
+            return True
+        if now < self.next_resync:
+            return False
+        if self.resync_deferred:
+            return True
+        self.resync_deferred = True
+        return False
+
+    def finished(self, now: float, *, full: bool = True) -> None:
+        """Applied, nothing to do, or refused: not a failure to retry, wait for a change.
+
+        Only a full reconcile moves the resync: a stream of edits must not starve it."""
         self.dirty = False
         self.failures = 0
         self.retry_at = 0.0
-        self.next_resync = now + self.resync_interval
+        if full:
+            self.next_resync = now + self.resync_interval
+            self.resync_deferred = False
 
     def failed(self, now: float) -> float:
         """Record a failure; return the delay before the retry."""

@@ -1,14 +1,20 @@
-"""The reconcile daemon behind `syncd watch`: a thin loop around `reconcile_once`.
+"""The reconcile daemon behind `syncd watch`: a thin loop around the reconcile.
 
 File events and a resync timer only mark the state dirty (level-triggered: a missed
 event costs latency, never correctness); only the holder of the Redis leader lease
-reconciles; failures back off and are retried. It decides nothing about what to write
-(the plan does) and never passes --allow-empty on its own. After a reconcile the leader
-also refreshes the per-task metrics (last success, missed fires) with one query.
+reconciles; failures back off and are retried. A file change is reconciled
+incrementally (`daemon.incremental`: only the changed files' tasks re-planned, against
+the view of the stores the last reconcile left) unless anything is unusual; the resync,
+a retry, a new leader and the start run `reconcile_once`, which reads and plans
+everything and is the authority. It decides nothing about what to write (the plan
+does) and never passes --allow-empty on its own. After a reconcile the leader also
+refreshes the per-task metrics (last success, missed fires) with one query.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
 import threading
@@ -29,31 +35,35 @@ from syncd.core.errors import StoreUnavailable, SyncdError
 from syncd.core.guards import SyncOptions
 from syncd.core.model import TaskCatalog
 from syncd.daemon.http import HttpEndpoint, Route, json_response, metrics_response
+from syncd.daemon.incremental import Fallback, Marks, StoreView, reconcile_changed, view_after_full
 from syncd.daemon.observe import (
     HealthInputs,
     Metrics,
     ReconcileLog,
+    ReconcilePath,
     Result,
     decide_health,
     fields,
     health_max_age,
-    task_samples,
 )
-from syncd.daemon.triggers import FileChange, Timing, dir_identity, error_kind, has_relevant
+from syncd.daemon.refresh import TaskRefresher
+from syncd.daemon.triggers import FileChange, Timing, dir_identity, error_kind, relevant_files
 from syncd.load.loader import LoadCache
 from syncd.reconcile import Outcome, Stores, reconcile_once
 
 log = logging.getLogger("syncd.watch")
 
-# watchfiles yields a batch once no new event came for one step, or after the debounce.
-# The default 50 ms step splits a burst (a checkout rewriting 100 files) into many
-# batches; with 200 ms, bench/watch_bench.py sees 100 rewritten files make
-# one reconcile, while a single edit waits at most two steps (~0.4 s) for its reconcile.
-WATCH_STEP_MS = 200
+# watchfiles yields a batch once no new event came for one step, or after the debounce:
+# a single edit waits one to two steps. A batch naming more than one file may be the start
+# of a burst (a checkout rewriting 100 files), so the loop holds it until no relevant
+# event came for BURST_QUIET_SECONDS (at most WATCH_DEBOUNCE_MS): the burst is one
+# reconcile, and a lone edit is not held at all.
+WATCH_STEP_MS = 50
 WATCH_DEBOUNCE_MS = 1500
-# The longest the loop sleeps without events: how late a resync, a change of leader or
-# a stop request can be noticed.
-WAKE_MS = 500
+BURST_QUIET_SECONDS = 0.2
+# The longest the loop sleeps without events: how late a resync, a change of leader, a
+# stop request or the end of a held burst can be noticed.
+WAKE_MS = 100
 LEASE_TTL_SECONDS = 10.0
 LEASE_RENEW_SECONDS = 2.0
 LEASE_RETRY_SECONDS = 1.0
@@ -66,6 +76,21 @@ DEFAULT_RESYNC_SECONDS = 60.0
 # The per-task metrics are refreshed after a reconcile, but not more often than this: a
 # burst of edits must not recompute every task's lateness each time.
 TASK_METRICS_SECONDS = 5.0
+# Rows written by one reconcile from which the view is copied afresh (`StoreView.compact`).
+COMPACT_AFTER = 1000
+
+
+def _wrote_many(outcome: Outcome) -> bool:
+    """Whether a reconcile replaced enough of the view to be worth compacting."""
+    applied = outcome.applied
+    return applied is not None and applied.rows_written + applied.rows_deleted >= COMPACT_AFTER
+
+
+def release_free_memory() -> None:
+    """Give the C allocator's free pages back to the system after a full reconcile, whose
+    read of every row and payload is the daemon's high-water mark (glibc keeps them)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc only: elsewhere there is nothing to call
 
 
 class Abandon(BaseException):
@@ -126,6 +151,11 @@ class Daemon:
         self._log = ReconcileLog(log)
         self._watch_problem: str | None = None
         self._tasks_refreshed: float | None = None
+        self._refresher = TaskRefresher(self.metrics, wall, config.late_grace_seconds)
+        # The stores as the last reconcile left them; None until a clean full reconcile.
+        self._view: StoreView | None = None
+        self._burst_until: float | None = None  # a held multi-file batch is due then
+        self._burst_deadline = 0.0
 
     def run(self) -> None:
         """Until `stop` is set; a reconcile in progress is finished first."""
@@ -143,36 +173,91 @@ class Daemon:
         """One wake-up: note changes and the lease, reconcile if due."""
         now = self._clock()
         self._heartbeat = now
-        if has_relevant(changes, self.root):
+        relevant = relevant_files(changes, self.root)
+        if relevant:
             self._timing.mark_dirty("change")
+            self._hold_burst(now, relevant)
         self._follow_lease()
+        if self._burst_until is not None and now < self._burst_until:
+            return
+        self._burst_until = None
         if self._is_leader and self._timing.is_due(now) and not self.stop.is_set():
             self.reconcile()
+
+    def _hold_burst(self, now: float, relevant: int) -> None:
+        """Hold a batch of several files (or one following a held batch) until quiet."""
+        if self._burst_until is None and relevant < 2:
+            return
+        if self._burst_until is None:
+            self._burst_deadline = now + WATCH_DEBOUNCE_MS / 1000
+        self._burst_until = min(now + BURST_QUIET_SECONDS, self._burst_deadline)
 
     def is_alive(self) -> bool:
         """False once the loop has been stuck for STALL_SECONDS (the lease keeper asks)."""
         return self._clock() - self._heartbeat < STALL_SECONDS
 
     def reconcile(self) -> None:
-        """One reconcile_once; every exception is logged and retried, none escapes."""
+        """One reconcile; every exception is logged and retried, none escapes."""
         started = self._clock()
         trigger = self._timing.trigger
         self.reconciling = True
+        self._refresher.quiet.clear()
+        path: ReconcilePath = "full"
         try:
-            outcome = reconcile_once(
-                self.config.root,
+            outcome, path, fallback = self._reconcile()
+        except Exception as exc:  # the daemon must outlive any one reconcile
+            self._view = None  # what was written is unknown: read everything next time
+            self._failed(started, exc, trigger)
+        else:
+            self._finished(started, outcome, trigger, path, fallback)
+            compact = _wrote_many(outcome)
+            del outcome  # first: what the reconcile read and built goes with it
+            if compact and self._view is not None:
+                self._view.compact()
+        finally:
+            self.reconciling = False
+            self._refresher.quiet.set()
+        if path == "full":
+            release_free_memory()
+
+    def _reconcile(self) -> tuple[Outcome, ReconcilePath, str | None]:
+        """Incremental when a file changed and the view is sound, else (or on a fallback) full."""
+        view, fallback = self._view, None
+        if view is not None and not self._timing.wants_full(self._clock()):
+            result = reconcile_changed(
+                self.root,
                 self._open_stores(),
                 self._catalog,
                 self._wall(),
+                view,
                 options=self.config.options,
                 cache=self._cache,
             )
-        except Exception as exc:  # the daemon must outlive any one reconcile
-            self._failed(started, exc, trigger)
-        else:
-            self._finished(started, outcome, trigger)
-        finally:
-            self.reconciling = False
+            if not isinstance(result, Fallback):
+                if not view.sound:
+                    self._view = None
+                return result, "incremental", None
+            fallback = result.reason
+        elif view is None and self._timing.cause == "change":
+            fallback = "no view of the stores yet"
+        return self._reconcile_full(), "full", fallback
+
+    def _reconcile_full(self) -> Outcome:
+        # Not trusted from here on; only lends its equal objects to the next view.
+        previous, self._view = self._view, None
+        stores = self._open_stores()
+        marks = Marks()
+        outcome = reconcile_once(
+            self.config.root,
+            stores,
+            self._catalog,
+            self._wall(),
+            options=self.config.options,
+            cache=self._cache,
+            hooks=marks.hooks(stores),
+        )
+        self._view = view_after_full(outcome, marks, stores.layout, previous)
+        return outcome
 
     def health(self) -> tuple[int, dict[str, Any]]:
         success = self._last_success
@@ -195,6 +280,7 @@ class Daemon:
         }
 
     def close(self) -> None:
+        self._refresher.join(5.0)  # it may be reading the stores about to be closed
         try:
             self._exit.close()
         except SyncdError as exc:
@@ -215,7 +301,8 @@ class Daemon:
             self._timing.became_leader()
         elif self._is_leader and not held:
             log.warning("leader lease lost: not reconciling until it is held again")
-            self.metrics.clear_tasks()  # the new leader exports them
+            self._refresher.clear()  # the new leader exports them
+            self._view = None  # another daemon writes now; a new lead reads everything
             self._tasks_refreshed = None
         self._is_leader = held
 
@@ -235,40 +322,36 @@ class Daemon:
             expected=isinstance(exc, SyncdError),
         )
 
-    def _finished(self, started: float, outcome: Outcome, trigger: str) -> None:
+    def _finished(
+        self,
+        started: float,
+        outcome: Outcome,
+        trigger: str,
+        path: ReconcilePath,
+        fallback: str | None,
+    ) -> None:
         seconds = self._clock() - started
-        result = self.metrics.record_outcome(outcome, seconds, self._wall().timestamp())
+        result = self.metrics.record_outcome(outcome, seconds, self._wall().timestamp(), path)
         if self._timing.failures:
             log.info("reconciling again after %d failed attempt(s)", self._timing.failures)
-        self._timing.finished(self._clock())
+        self._timing.finished(self._clock(), full=path == "full")
         self._last_result = result
         if result == "ok":
             self._last_success, self._last_error = self._clock(), None
         else:
             self._last_error = "; ".join(outcome.refusals)
-        self._log.outcome(outcome, seconds, trigger)
+        self._log.outcome(outcome, seconds, trigger, path, fallback)
         self._forget_stale_cache(outcome)
         self._refresh_tasks(outcome)
 
     def _refresh_tasks(self, outcome: Outcome) -> None:
-        """The per-task series, from the plan just made, the statuses (one bulk Redis read)
-        and one query for every task's runs; a failed read keeps the previous values (the
-        reconcile itself succeeded)."""
+        """The per-task series, from the plan just made and the statuses the reconcile read,
+        computed in the background (`TaskRefresher`), at most every TASK_METRICS_SECONDS."""
         now = self._clock()
         if self._tasks_refreshed is not None and now - self._tasks_refreshed < TASK_METRICS_SECONDS:
             return
-        ids = [task.config_id for task in outcome.plan.tasks if task.config_id is not None]
-        stores = self._open_stores()
-        try:
-            statuses = stores.redis.read_statuses()
-            activity = stores.db.executions.activity(ids)
-        except SyncdError as exc:
-            log.warning("task metrics not refreshed: %s", exc)
-            return
-        grace = self.config.late_grace_seconds
-        samples = task_samples(outcome, statuses, activity, self._wall(), grace)
-        self.metrics.record_tasks(samples)
-        self._tasks_refreshed = now
+        if self._refresher.start(outcome, self._open_stores()):
+            self._tasks_refreshed = now
 
     def _forget_stale_cache(self, outcome: Outcome) -> None:
         # LoadCache never evicts: without this, every edit would stay in memory forever.

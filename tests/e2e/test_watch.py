@@ -168,6 +168,32 @@ def test_an_edit_is_registered_within_seconds(cli: Cli, client: redis.Redis) -> 
     assert_no_traceback(watcher)
 
 
+def test_an_edit_is_applied_incrementally_and_the_resync_still_reads_everything(
+    cli: Cli, client: redis.Redis
+) -> None:
+    """One file edited: only its tasks are re-planned (the log line and the metric say
+    which path ran); a pause written meanwhile sends the next edit down the full path."""
+    cli.write("a.yaml", taskfile({"name": "a"}))
+    cli.write("b.yaml", taskfile({"name": "b"}))
+    # A long resync: the edits below are not overtaken by one.
+    with watching(cli, "--resync-interval", "300") as watcher:
+        wait_for(watcher.is_healthy, 30, "the first reconcile")
+        ids = {name: row[0] for name, row in rows(cli).items()}
+        cli.write("a.yaml", taskfile({"name": "a", "schedule": "{interval: 61}"}))
+        wait_for(lambda: interval_of(client, ids["a"]) == 61, 10, "the edit")
+        incremental = 'syncd_reconcile_paths_total{path="incremental"}'
+        wait_for(lambda: watcher.metric(incremental) == 1.0, 5, "the incremental metric")
+        assert "path=incremental" in watcher.log()
+        assert cli.run("pause", "b", check=True).returncode == 0
+        cli.write("b.yaml", taskfile({"name": "b", "schedule": "{interval: 62}"}))
+        wait_for(lambda: interval_of(client, ids["b"]) == 62, 10, "the edit after the pause")
+        wait_for(lambda: "fallback=" in watcher.log(), 5, "the fallback's log line")
+        assert watcher.metric(incremental) == 1.0
+        assert client.get(f"schedule:status:{ids['b']}") == "paused"
+        assert watcher.stop() == 0
+    assert_no_traceback(watcher)
+
+
 def test_a_replaced_directory_is_watched_again(cli: Cli, tmp_path: Path) -> None:
     """git-sync style: the taskdefs path is a symlink swapped atomically to a new checkout."""
     first, second, current = tmp_path / "rev1", tmp_path / "rev2", tmp_path / "current"

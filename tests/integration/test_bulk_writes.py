@@ -20,12 +20,14 @@ from sqlalchemy import Engine, insert, text
 from schemas.tables import MANAGED_BY_SYNCD, task_configs
 from syncd.adapters.postgres import DbStore
 from syncd.adapters.redis import (
+    UNREADABLE,
     DeleteStatus,
     PutSchedule,
     RedisOp,
     RedisStore,
     RemoveSchedule,
     SetStatus,
+    op_commands,
     ops_commands,
 )
 from syncd.core.errors import StoreRefused
@@ -239,12 +241,12 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 def test_the_pipelined_write_ends_as_one_op_at_a_time(
     redis_url: str, raw: redis.Redis, seed: int
 ) -> None:
-    one = RedisStore(raw, REFERENCE)
     with RedisStore.from_url(redis_url, LAYOUT) as bulk:
         bulk.apply(mixed_ops(LAYOUT, seed), chunk_size=37)
     for op in mixed_ops(REFERENCE, seed):
         pipe = raw.pipeline(transaction=True)
-        one._queue(pipe, op)
+        for command in op_commands(REFERENCE, op):
+            pipe.execute_command(*command)
         pipe.execute()
 
     assert state(raw, LAYOUT) == state(raw, REFERENCE)
@@ -297,7 +299,7 @@ def commands_seen(client: redis.Redis, work: Callable[[], None]) -> Counter[str]
 
 def test_a_cold_write_is_a_few_commands_per_thousand_ops(redis_url: str, raw: redis.Redis) -> None:
     """2,500 statuses then 2,500 new schedules (cron, interval, one-shots), 1,000 ops per
-    transaction: one MSET, one RPUSH per list and the version SET per transaction."""
+    transaction: one MSET, one RPUSH per list and the version's GET and SET per transaction."""
     ops: list[RedisOp] = [SetStatus(i, "active") for i in range(2500)]
     ops += [put_op(LAYOUT, i) for i in range(2500)]
     lists_per_chunk = [
@@ -313,7 +315,8 @@ def test_a_cold_write_is_a_few_commands_per_thousand_ops(redis_url: str, raw: re
         "EXEC": 5,
         "MSET": 5,
         "RPUSH": sum(lists_per_chunk),
-        "SET": 5,  # the version key, once per transaction
+        "GET": 5,  # the version key, read and replaced once per transaction
+        "SET": 5,
     }
     assert len(RedisStore(raw, LAYOUT).read_schedules()) == 2500
 
@@ -332,3 +335,37 @@ def test_ops_may_come_from_a_generator(redis_url: str) -> None:
 
     assert progress == list(range(100, 2501, 100))
     assert statuses == dict.fromkeys(range(2500), "active")
+
+
+def test_a_versioned_write_tells_whether_anyone_else_wrote(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    with RedisStore.from_url(redis_url, LAYOUT) as store:
+        first = store.apply_versioned([SetStatus(1, "active")], store.read_version())
+        assert first.kept
+        assert first.version == store.read_version()
+
+        # Our own token, over several transactions of one window and over two windows.
+        ops = [SetStatus(i, "paused") for i in range(25)]
+        chained = store.apply_versioned(ops, first.version, chunk_size=2)
+        assert chained.kept
+        assert chained.version == store.read_version()
+
+        raw.set(LAYOUT.version_key, "someone else")
+        later = store.apply_versioned([SetStatus(1, "active")], chained.version)
+        assert not later.kept
+        nothing = store.apply_versioned([], later.version)
+        assert (nothing.kept, nothing.version) == (True, later.version)
+
+
+def test_some_keys_are_read_with_the_version_in_one_transaction(redis_url: str) -> None:
+    with RedisStore.from_url(redis_url, LAYOUT) as store:
+        store.apply([SetStatus(7, "paused"), SetStatus(8, "active")])
+        raw_key = LAYOUT.data_key(schedule_id(7))
+        store.apply([])
+        some = store.read_some([7, 8, 9])
+        assert some.version == store.read_version()
+        assert some.statuses == {7: "paused", 8: "active"}
+        assert some.payloads == {}
+        redis.Redis.from_url(redis_url).set(raw_key, b"\x80not json")
+        assert store.read_some([7]).payloads == {schedule_id(7): UNREADABLE}

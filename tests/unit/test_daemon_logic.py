@@ -13,8 +13,16 @@ from watchfiles import Change
 from syncd.core.errors import ConflictError, SchemaMissing, StoreUnavailable, SyncdError
 from syncd.core.plan import Plan, TaskPlan
 from syncd.core.problems import Problem
+from syncd.daemon.incremental import Fallback, changed_sources
 from syncd.daemon.observe import HealthInputs, JsonFormatter, Metrics, decide_health, fields
-from syncd.daemon.triggers import Timing, backoff_delay, error_kind, has_relevant, is_relevant
+from syncd.daemon.triggers import (
+    Timing,
+    backoff_delay,
+    error_kind,
+    has_relevant,
+    is_relevant,
+    relevant_files,
+)
 from syncd.load.loader import FileResult, LoadResult
 from syncd.reconcile import ApplyResult, Outcome
 
@@ -221,3 +229,51 @@ def test_json_log_line_carries_fields_even_names_logrecord_owns() -> None:
     assert (line["level"], line["logger"]) == ("INFO", "syncd.daemon.watch")
     assert (line["created"], line["duration_ms"]) == (1, 12)
     assert line["ts"].endswith("Z")
+
+
+def test_timing_only_a_change_may_be_reconciled_incrementally() -> None:
+    timing = Timing(resync_interval=60)
+    assert timing.wants_full(0.0)  # the start reads everything
+    timing.finished(10.0)
+    assert timing.wants_full(20.0)  # nothing changed: a resync when due
+    timing.mark_dirty("change")
+    assert not timing.wants_full(20.0)
+    assert not timing.wants_full(70.5)  # a change pending at the resync goes first...
+    timing.finished(70.5, full=False)
+    assert timing.is_due(70.6)  # ...and leaves the resync due
+    assert timing.trigger == "resync"
+    timing.mark_dirty("change")
+    assert timing.wants_full(70.6)  # once only: changes never starve the resync
+    timing.finished(71.0)
+    timing.mark_dirty("change")
+    assert not timing.wants_full(71.1)
+    timing.failed(71.2)
+    assert timing.wants_full(72.0)  # a retry reads everything
+    timing.finished(72.5)
+    timing.became_leader()
+    assert timing.wants_full(72.6)
+
+
+def test_relevant_files_counts_distinct_relevant_paths() -> None:
+    changes = {
+        (Change.modified, f"{ROOT}/a.yaml"),
+        (Change.added, f"{ROOT}/a.yaml"),
+        (Change.modified, f"{ROOT}/b.yml"),
+        (Change.added, f"{ROOT}/.git/index"),
+        (Change.modified, f"{ROOT}/notes.txt"),
+    }
+    assert relevant_files(changes, ROOT, is_dir=lambda _: False) == 2
+
+
+def test_changed_sources_needs_the_same_files_and_no_errors() -> None:
+    def result(*files: tuple[str, str], problems: tuple[Problem, ...] = ()) -> LoadResult:
+        found = tuple(FileResult(source, f"/t/{source}", digest) for source, digest in files)
+        return LoadResult("/t", found, problems)
+
+    before = result(("a.yaml", "1"), ("b.yaml", "2"))
+    assert changed_sources(before, result(("a.yaml", "1"), ("b.yaml", "3"))) == {"b.yaml"}
+    assert changed_sources(before, before) == frozenset()
+    moved = changed_sources(before, result(("a.yaml", "1"), ("c.yaml", "2")))
+    assert moved == Fallback("files added or removed")
+    broken = result(("a.yaml", "1"), ("b.yaml", "3"), problems=(BAD,))
+    assert changed_sources(before, broken) == Fallback("taskdef errors")
