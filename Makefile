@@ -35,7 +35,7 @@ worker: $(STAMP)
 	$(BIN)/taskiq worker worker.app:broker
 
 scheduler: $(STAMP)
-	$(BIN)/taskiq scheduler worker.app:scheduler --update-interval 1
+	$(BIN)/python -m worker.scheduler
 
 watch: $(STAMP)
 	$(BIN)/syncd watch $(DIR)

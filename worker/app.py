@@ -2,15 +2,16 @@
 (SYNCD_REDIS_URL, SYNCD_DATABASE_URL, SYNCD_SCHEDULE_PREFIX), so one environment
 configures every process:
 
-    taskiq worker worker.app:broker                            # run tasks, record outcomes
-    taskiq scheduler worker.app:scheduler --update-interval 1  # fire schedules
+    taskiq worker worker.app:broker  # run tasks, record outcomes
+    python -m worker.scheduler       # fire schedules (worker/scheduler.py)
 
-The scheduler is taskiq's loop with syncd's sending step (`worker/delivery.py`: bounded,
-retried, counted on `SYNCD_SCHEDULER_METRICS_PORT`). `--update-interval 1` is cheap: an
-unchanged refresh is one Redis GET (see worker/schedule_source.py), and it makes a sync take
-effect within about a second.
+`scheduler` is what `python -m worker.scheduler` runs: syncd's tick loop
+(`worker/scheduler.py`) with syncd's batched sending step (`worker/delivery.py`: claimed
+and sent in chunks, retried, counted on `SYNCD_SCHEDULER_METRICS_PORT`). It refreshes the
+schedules every second; an unchanged refresh is one Redis GET (see
+worker/schedule_source.py), so a sync takes effect within about a second.
 
-taskiq's command line configures logging before it imports this module; its handlers get
+Both command lines configure logging before they import this module; its handlers get
 a SafeFormatter here (and again at worker start-up, for logging configured later), so a
 message or an exception a task controls reaches the log as one visible line.
 """

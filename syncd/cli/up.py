@@ -69,15 +69,7 @@ def processes(taskdefs: str, http_port: int, console_port: int = 0) -> dict[str,
     console = [python, "-m", "syncd.cli", "serve", taskdefs, "--port", str(console_port)]
     return {
         "watch": [python, "-m", "syncd.cli", "watch", taskdefs, "--http-port", str(http_port)],
-        "scheduler": [
-            python,
-            "-m",
-            "taskiq",
-            "scheduler",
-            "worker.app:scheduler",
-            "--update-interval",
-            "1",
-        ],
+        "scheduler": [python, "-m", "worker.scheduler"],
         "worker": [python, "-m", "taskiq", "worker", "worker.app:broker", "--workers", "1"],
         **({"console": console} if console_port else {}),
     }
@@ -158,7 +150,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _stop(children: Iterable[subprocess.Popen[bytes]], wait: float) -> None:
     running = [c for c in children if c.poll() is None]
     for child in running:
-        child.send_signal(signal.SIGINT)  # the scheduler exits cleanly on SIGINT only
+        child.send_signal(signal.SIGINT)  # every child stops cleanly on it (taskiq workers too)
     deadline = time.monotonic() + wait
     for child in running:
         try:
