@@ -4,6 +4,7 @@ fires it (DST included), intervals as estimates, one-shots, and the markdown/tex
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -230,8 +231,7 @@ def test_markdown_with_fire_times_stays_within_max_chars() -> None:
     tasks = tuple(
         rescheduled(BEFORE, cron(f"{i % 60} 6 * * *", "Europe/Berlin")) for i in range(400)
     )
-    plan = Plan(tasks=tuple(TaskPlan(**{**t.__dict__, "name": f"t{i:04d}"})
-                            for i, t in enumerate(tasks)))  # fmt: skip
+    plan = Plan(tasks=tuple(replace(t, name=f"t{i:04d}") for i, t in enumerate(tasks)))
     for max_chars in (60_000, 10_000, 2_000):
         md = render_markdown(plan, max_chars=max_chars, now=NOW)
         assert len(md) <= max_chars
