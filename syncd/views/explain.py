@@ -118,7 +118,7 @@ def _explain_redis(view: Explanation) -> list[str]:
 def _explain_plan(task: TaskPlan) -> list[str]:
     state, detail = sync_state(task)
     lines = [f"{state} (action {task.action}, state {task.state})"]
-    lines += [f"change {c.field}: {_json(c.before)} → {_json(c.after)}" for c in task.changes]
+    lines += [f"change {c.field}: {_json(c.before)} → {_json(c.after)}" for c in task.field_changes]
     lines += [f"drift: {reason.message}" for reason in task.drift]
     lines += [f"note: {note.message}" for note in task.notes]
     lines += [f"why: {reason.message}" for reason in detail if state == "changed in git"]

@@ -51,7 +51,7 @@ def plan_task_json(task: TaskPlan) -> dict[str, Any]:
         "line": task.line,
         "changes": [
             {"field": c.field, "before": _json_safe(c.before), "after": _json_safe(c.after)}
-            for c in task.changes
+            for c in task.field_changes
         ],
         "drift": [reason.to_json() for reason in task.drift],
         "notes": [reason.to_json() for reason in task.notes],

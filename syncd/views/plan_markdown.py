@@ -216,7 +216,9 @@ def _md_block(task: TaskPlan, now: Instant | None = None) -> str:
 
 def _md_table(task: TaskPlan) -> str:
     if task.action == "update":
-        rows = [(label, b, a) for change in task.changes for label, b, a in change_rows(change)]
+        rows = [
+            (label, b, a) for change in task.field_changes for label, b, a in change_rows(change)
+        ]
         if not rows:
             return ""
         lines = ["| field | before | after |", "|---|---|---|"]

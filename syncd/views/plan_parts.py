@@ -70,7 +70,7 @@ def config_values(task: TaskPlan, config: TaskConfig | None, side: str) -> dict[
     """The fields of a created (side='after') or deleted (side='before') task."""
     if config is not None:
         return config.field_values()
-    return {c.field: getattr(c, side) for c in task.changes}
+    return {c.field: getattr(c, side) for c in task.field_changes}
 
 
 def key_fields(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -134,7 +134,7 @@ def fire_sides(task: TaskPlan, now: Instant | None) -> list[FireSide]:
 
 
 def schedule_changed(task: TaskPlan) -> bool:
-    return any(change.field in SCHEDULE_FIELDS for change in task.changes)
+    return any(change.field in SCHEDULE_FIELDS for change in task.field_changes)
 
 
 def never(config: TaskConfig) -> str:

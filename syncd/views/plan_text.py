@@ -95,7 +95,7 @@ def _text_details(task: TaskPlan, verbose: bool) -> list[str]:
         return [
             # a label names a key of a dict field: the taskdef's key, so cleaned too
             f"{clean(label)}: {value_text(b, TEXT_VALUE_MAX)} → {value_text(a, TEXT_VALUE_MAX)}"
-            for change in task.changes
+            for change in task.field_changes
             for label, b, a in change_rows(change)
         ]
     if task.action not in ("create", "delete"):

@@ -89,7 +89,7 @@ def sync_state(task: TaskPlan) -> tuple[SyncState, tuple[Reason, ...]]:
 
 def _git_change(task: TaskPlan) -> Reason:
     if task.action == "update":
-        fields = ", ".join(change.field for change in task.changes)
+        fields = ", ".join(change.field for change in task.field_changes)
         return Reason(GitChange.UPDATE, f"update: {fields}")
     if task.action == "create":
         return Reason(GitChange.CREATE, "create: not synced yet")
