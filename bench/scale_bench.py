@@ -7,9 +7,14 @@ database migrated with `syncd.adapters.migrate.migrate`, a claimed empty Redis d
 removed afterwards, also on failure):
 
 - start-up: `syncd --help` (the CLI has no `--version`), the cost of any command;
-- `syncd validate DIR`;
-- a cold `syncd sync DIR` on the empty stores, checked: every row and schedule written;
-- a no-op `syncd sync DIR` right after it (a new process), checked: nothing applied.
+- `syncd validate DIR` with an empty parse cache (every file parsed), then again with the
+  cache that run filled (the everyday case: an unchanged file is not parsed again);
+- a cold `syncd sync DIR` on the empty stores and an empty parse cache (a first deploy on
+  a new machine: nothing to reuse), checked: every row and schedule written;
+- a no-op `syncd sync DIR` right after it (a new process, the cache it filled), checked:
+  nothing applied.
+
+Each run has a parse cache of its own (`SYNCD_PARSE_CACHE`), removed afterwards.
 
 Wall time runs from spawning the child to reaping it. Peak RSS is the child's own
 `ru_maxrss` from `os.wait4` (not RUSAGE_CHILDREN, whose maximum covers every child reaped
@@ -43,6 +48,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,10 +86,11 @@ CHILD_TIMEOUT_SECONDS = 1800.0
 FLOOR_TABLE = "bench_floor"
 
 STARTUP = "start-up (--help)"
+VALIDATE_FIRST = "validate, empty cache"
 VALIDATE = "validate"
 COLD = "cold sync"
 NOOP = "no-op sync"
-CLI_WORK = (STARTUP, VALIDATE, COLD, NOOP)
+CLI_WORK = (STARTUP, VALIDATE_FIRST, VALIDATE, COLD, NOOP)
 PARSE = "parse"
 COPY = "copy"
 REDIS = "redis"
@@ -255,12 +262,15 @@ class CliMeasures:
 
 def measure_cli(root: Path, tasks: int, server_stats: bool = False) -> CliMeasures:
     """Start-up, validate, cold sync and no-op sync, each a new process, on fresh stores."""
-    with migrated_stores() as (db_url, redis_url):
+    with migrated_stores() as (db_url, redis_url), tempfile.TemporaryDirectory() as cache:
         env, secrets = cli_env(db_url, redis_url), (db_url, redis_url)
+        env["SYNCD_PARSE_CACHE"] = str(Path(cache) / "parse")
         samples = {
             STARTUP: run_checked(["--help"], env, secrets).sample,
+            VALIDATE_FIRST: run_checked(["validate", str(root)], env, secrets).sample,
             VALIDATE: run_checked(["validate", str(root)], env, secrets).sample,
         }
+        shutil.rmtree(Path(cache) / "parse")
         server: dict[str, ServerStats] = {}
         for work in (COLD, NOOP):
             before = server_snapshot(db_url, redis_url) if server_stats else None
