@@ -21,7 +21,7 @@ second copy of this sequence.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,7 +51,7 @@ from syncd.load.loader import LoadCache, LoadResult, build_desired, load_taskdef
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 PhaseHook = Callable[[str, float], None]  # (phase, seconds)
 # Writes the Redis ops in order, reporting how many are done.
-RedisWriter = Callable[[Sequence[RedisOp], Callable[[int], None] | None], None]
+RedisWriter = Callable[[Iterable[RedisOp], Callable[[int], None] | None], None]
 DEFAULT_OPTIONS = SyncOptions()
 
 
@@ -265,18 +265,8 @@ def apply_plan(
         len(ops),
         refused,
         ids,
-        _status_writes(ops),
+        ops.status_writes(),
     )
-
-
-def _status_writes(ops: Iterable[RedisOp]) -> dict[int, str | None]:
-    writes: dict[int, str | None] = {}
-    for op in ops:
-        if isinstance(op, SetStatus):
-            writes[op.config_id] = op.status
-        elif isinstance(op, DeleteStatus):
-            writes[op.config_id] = None
-    return writes
 
 
 @dataclass(frozen=True)
@@ -352,18 +342,48 @@ def _row_values(task: TaskPlan) -> DesiredTask:
     return DesiredTask(task.after, task.source, task.line, task.path or task.source)
 
 
+@dataclass(frozen=True)
+class RedisOps:
+    """The plan's Redis writes, in a safe order: statuses first (a new schedule is never seen
+    without its `active` status), then schedules, then status deletions, then strays.
+
+    A schedule's op, with its payload, is built only as it is sent: the payloads of 100,000
+    new tasks held at once would be about 130 MB."""
+
+    statuses: list[SetStatus]
+    schedules: list[tuple[TaskPlan, int]]  # with the task's config id
+    cleanups: list[DeleteStatus]
+    strays: list[RedisOp]
+    layout: KeyLayout
+
+    def __len__(self) -> int:
+        return len(self.statuses) + len(self.schedules) + len(self.cleanups) + len(self.strays)
+
+    def __iter__(self) -> Iterator[RedisOp]:
+        yield from self.statuses
+        for task, config_id in self.schedules:
+            yield _schedule_write(task, config_id, self.layout)
+        yield from self.cleanups
+        yield from self.strays
+
+    def status_writes(self) -> dict[int, str | None]:
+        """The status keys written: config id -> new value, None for a deleted key."""
+        writes: dict[int, str | None] = {op.config_id: op.status for op in self.statuses}
+        for op in (*self.cleanups, *self.strays):
+            if isinstance(op, DeleteStatus):
+                writes[op.config_id] = None
+        return writes
+
+
 def redis_ops(
     the_plan: Plan,
     ids: Mapping[str, int],
     layout: KeyLayout,
     skip_paths: frozenset[str] = frozenset(),
-) -> list[RedisOp]:
-    """The plan's Redis writes, in a safe order: statuses first (a new schedule is never seen
-    without its `active` status), then schedules, then status deletions, then strays.
-    Tasks of `skip_paths` (files whose rows were refused) get none."""
-    statuses: list[RedisOp] = []
-    schedules: list[RedisOp] = []
-    cleanups: list[RedisOp] = []
+) -> RedisOps:
+    """The plan's Redis writes (see `RedisOps`). Tasks of `skip_paths` (files whose rows
+    were refused) get none."""
+    ops = RedisOps([], [], [], [], layout)
     for task in the_plan.tasks:
         if skip_paths and (task.path or task.source) in skip_paths:
             continue
@@ -371,14 +391,14 @@ def redis_ops(
         if config_id is None:
             continue
         if task.status_op == "delete":
-            cleanups.append(DeleteStatus(config_id))
+            ops.cleanups.append(DeleteStatus(config_id))
         elif task.status_op is not None:
-            statuses.append(SetStatus(config_id, task.status_op))
+            ops.statuses.append(SetStatus(config_id, task.status_op))
         if task.schedule_op is not None:
-            schedules.append(_schedule_write(task, config_id, layout))
-    strays: list[RedisOp] = [RemoveSchedule(s.schedule_id, s.lists) for s in the_plan.strays]
-    strays += [DeleteStatus(config_id) for config_id in the_plan.stray_statuses]
-    return statuses + schedules + cleanups + strays
+            ops.schedules.append((task, config_id))
+    ops.strays.extend(RemoveSchedule(s.schedule_id, s.lists) for s in the_plan.strays)
+    ops.strays.extend(DeleteStatus(config_id) for config_id in the_plan.stray_statuses)
+    return ops
 
 
 def _schedule_write(task: TaskPlan, config_id: int, layout: KeyLayout) -> RedisOp:

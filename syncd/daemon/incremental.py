@@ -20,7 +20,7 @@ reconcile instead: no view, a file added, removed or unreadable, any taskdef err
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -106,7 +106,7 @@ class Marks:
         )
 
     def write(
-        self, stores: Stores, ops: Sequence[RedisOp], report: Callable[[int], None] | None
+        self, stores: Stores, ops: Iterable[RedisOp], report: Callable[[int], None] | None
     ) -> None:
         written = stores.redis.apply_versioned(ops, self.version, on_progress=report)
         self.kept = self.kept and written.kept
