@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine
+import redis
+from sqlalchemy import Engine, create_engine, text
 
 from syncd.adapters.migrate import migrate
+from syncd.adapters.postgres import DbStore
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +37,22 @@ def fresh_migrated_url(fresh_database_url: str) -> str:
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
     return tmp_path / "spool" / "recorder.jsonl"
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client of the test's Redis database, to look behind syncd's back."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(migrated_url: str, sql: Engine) -> Iterator[DbStore]:
+    """A DbStore on the module's migrated database, emptied first (modules about Redis
+    define their own `store`)."""
+    with sql.begin() as conn:
+        conn.execute(text("TRUNCATE task_executions, task_configs RESTART IDENTITY"))
+    store = DbStore.from_url(migrated_url)
+    yield store
+    store.close()

@@ -34,6 +34,7 @@ from syncd.core.errors import StoreRefused
 from syncd.core.keys import KeyLayout, schedule_id
 from syncd.core.model import DesiredTask, TaskConfig
 from syncd.core.payloads import build_schedule, index_key
+from tests.integration.rows import desired
 
 # Every character COPY's text format escapes, quotes and backslashes JSON escapes, and text
 # outside ASCII (two-byte, three-byte, astral, combining, right-to-left).
@@ -58,29 +59,6 @@ AWKWARD_VALUES: list[dict[str, Any]] = [
     {"timeout_seconds": None, "max_retries": 0, "enabled": False, "priority": 10},
     {"retry_backoff_seconds": 0.25, "retry_backoff_max_seconds": 1e6, "max_retries": 2**31 - 1},
 ]
-
-
-@pytest.fixture
-def store(migrated_url: str, sql: Engine) -> Iterator[DbStore]:
-    with sql.begin() as conn:
-        conn.execute(text("TRUNCATE task_executions, task_configs RESTART IDENTITY"))
-    store = DbStore.from_url(migrated_url)
-    yield store
-    store.close()
-
-
-def desired(name: str, source: str = "team/a.yaml", **changes: Any) -> DesiredTask:
-    config = TaskConfig(
-        name=name,
-        task_type="cleanup.temp_files",
-        scheduler_type="cron",
-        schedule_config={"cron": "0 3 * * *", "timezone": "Europe/Berlin"},
-        parameters={"path": "/var/tmp/app", "older_than_days": 7},
-        description=f"about {name}",
-        max_retries=3,
-        timeout_seconds=600,
-    )
-    return DesiredTask(replace(config, **changes), source, 4, f"taskdefs/{source}")
 
 
 def insert_one_by_one(sql: Engine, tasks: list[DesiredTask], revision: str | None) -> None:
@@ -228,13 +206,6 @@ def state(client: redis.Redis, layout: KeyLayout) -> dict[str, Any]:
             neutral = key.replace(layout.status_prefix, "S:").replace(layout.prefix, "P")
             found[neutral] = value
     return found
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -137,13 +137,6 @@ def clear_of_minute_end(margin: float = 8.0) -> None:
     second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
     if second > 60 - margin:
         time.sleep(60.5 - second)
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 # -- batches -------------------------------------------------------------------------------

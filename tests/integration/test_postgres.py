@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,35 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.adapters.postgres import SYNC_LOCK_KEY, DbStore
 from syncd.core.errors import ConflictError, SchemaMissing, StoreUnavailable
-from syncd.core.model import DesiredTask, Row, TaskConfig
+from syncd.core.model import DesiredTask, Row
+from tests.integration.rows import desired
 from tests.services import PG_ADMIN_DSN
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 BULK = 10_000
-
-
-@pytest.fixture
-def store(migrated_url: str, sql: Engine) -> Iterator[DbStore]:
-    with sql.begin() as conn:
-        conn.execute(text("TRUNCATE task_executions, task_configs RESTART IDENTITY"))
-    store = DbStore.from_url(migrated_url)
-    yield store
-    store.close()
-
-
-def desired(name: str, **changes: Any) -> DesiredTask:
-    config = TaskConfig(
-        name=name,
-        task_type="cleanup.temp_files",
-        scheduler_type="cron",
-        schedule_config={"cron": "0 3 * * *", "timezone": "Europe/Berlin"},
-        parameters={"path": "/var/tmp/app", "older_than_days": 7},
-        description=f"about {name}",
-        max_retries=3,
-        timeout_seconds=600,
-        priority=5,
-    )
-    return DesiredTask(replace(config, **changes), f"team/{name}.yaml", 4, f"taskdefs/{name}.yaml")
 
 
 def expected_row(task: DesiredTask, row_id: int, revision: str | None) -> Row:

@@ -39,13 +39,6 @@ def store(redis_url: str) -> Iterator[RedisStore]:
         yield store
 
 
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def cron_config(name: str = "nightly", timezone: str = "UTC") -> TaskConfig:
     return TaskConfig(
         name=name,

@@ -70,13 +70,6 @@ def junk_left(raw: redis.Redis, prefix: str) -> list[bytes]:
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def store(redis_url: str) -> Iterator[RedisStore]:
     with RedisStore.from_url(redis_url, LAYOUT) as store:
         yield store
