@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.policy import DEFAULT_POLICY, Policy
-from syncd.core.gcpause import gc_paused
+from syncd.core.gcpause import collect_young, gc_paused
 from syncd.core.model import Desired, DesiredTask, TaskCatalog, TaskConfig, config_from_taskdef
 from syncd.core.problems import Problem
 from syncd.load.cache import ParseCache, Parsed, problems_of
@@ -278,6 +278,7 @@ def parse_file(
         result = _from_parsed(parsed, source, shown, digest)
     else:
         result = _parse_uncached(raw, source, shown, digest, task_types=task_types, policy=policy)
+        collect_young()
         if disk is not None:
             disk.put(digest, _to_parsed(result))
     if cache is not None:
